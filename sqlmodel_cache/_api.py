@@ -1,0 +1,125 @@
+"""``SQLModelCache``: the application-level entry point."""
+
+from __future__ import annotations
+
+from sqlmodel_cache import _listeners, _state
+from sqlmodel_cache._codec import Framing
+from sqlmodel_cache._config import CacheSettings, check_ttl
+from sqlmodel_cache._driver import Driver
+from sqlmodel_cache._errors import ConfigurationError
+from sqlmodel_cache._models import ModelRegistry
+from sqlmodel_cache._state import Runtime
+
+
+def _check_prefix(key_prefix: object) -> str:
+    if not isinstance(key_prefix, str) or not key_prefix:
+        raise ConfigurationError(f"key_prefix must be a non-empty str, got {key_prefix!r}")
+    if any(ch.isspace() for ch in key_prefix):
+        raise ConfigurationError(f"key_prefix must not contain whitespace, got {key_prefix!r}")
+    return key_prefix
+
+
+class SQLModelCache:
+    """Configure, inspect and reset the cache. All methods are class methods; there is
+    one cache configuration per process."""
+
+    @classmethod
+    def configure(
+        cls,
+        transport: object,
+        *,
+        default_ttl: int = 300,
+        key_prefix: str = "sqlmodelcache",
+        enabled: bool = True,
+        max_entry_bytes: int = 1_048_576,
+        lease_ttl: float = 5.0,
+        signing_key: bytes | None = None,
+    ) -> None:
+        """Turn caching on for every SQLAlchemy/SQLModel session in the process.
+
+        Calling it again replaces the previous configuration.
+
+        Args:
+            transport: where entries live: ``MemoryTransport()``, ``RedisSyncTransport``,
+                ``RedisAsyncTransport``, or any object with ``get``/``set``/``delete``.
+            default_ttl: seconds an entry lives when its model's ``CacheConfig.ttl`` is None.
+            key_prefix: starts every key, isolating applications and tenants on one Redis.
+            enabled: ``False`` installs nothing: no reads from, writes to or invalidations
+                of the cache.
+            max_entry_bytes: entries larger than this are not stored.
+            lease_ttl: seconds a reader that missed may take to fill the entry; a fill
+                arriving later is dropped (it might be stale).
+            signing_key: when set, entries are signed with HMAC-SHA256 and unsigned or
+                forged entries are misses; use it when others can write to the Redis.
+
+        Raises:
+            ConfigurationError: a value is invalid; the message says which and why.
+        """
+        check_ttl(default_ttl, "default_ttl")
+        _check_prefix(key_prefix)
+        if not isinstance(enabled, bool):
+            raise ConfigurationError(f"enabled must be a bool, got {enabled!r}")
+        if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int):
+            raise ConfigurationError(f"max_entry_bytes must be an int, got {max_entry_bytes!r}")
+        if max_entry_bytes < 64:
+            raise ConfigurationError(f"max_entry_bytes must be at least 64, got {max_entry_bytes}")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or lease_ttl <= 0:
+            raise ConfigurationError(f"lease_ttl must be a positive number, got {lease_ttl!r}")
+        if signing_key is not None and (not isinstance(signing_key, bytes) or len(signing_key) < 16):
+            raise ConfigurationError("signing_key must be bytes of at least 16 bytes")
+        driver = Driver(transport)
+        settings = CacheSettings(
+            transport=transport,
+            default_ttl=default_ttl,
+            key_prefix=key_prefix,
+            enabled=enabled,
+            max_entry_bytes=max_entry_bytes,
+            lease_ttl=float(lease_ttl),
+            signing_key=signing_key,
+        )
+        _listeners.uninstall()
+        _state.runtime = Runtime(
+            settings=settings,
+            driver=driver,
+            registry=ModelRegistry(key_prefix),
+            framing=Framing(signing_key),
+        )
+        if enabled:
+            _listeners.install()
+
+    @classmethod
+    def get_config(cls) -> CacheSettings:
+        """The active configuration.
+
+        Raises:
+            ConfigurationError: ``configure()`` has not been called (or ``reset()`` since).
+        """
+        runtime = _state.runtime
+        if runtime is None:
+            raise ConfigurationError(
+                "sqlmodel-cache is not configured: call "
+                "SQLModelCache.configure(transport=...) once at application startup"
+            )
+        return runtime.settings
+
+    @classmethod
+    def is_configured(cls) -> bool:
+        """Whether ``configure()`` is in effect."""
+        return _state.runtime is not None
+
+    @classmethod
+    def reset(cls) -> None:
+        """Remove every listener and all state; for test teardown. Safe to call anytime."""
+        _listeners.uninstall()
+        _state.runtime = None
+
+    @classmethod
+    def stats(cls) -> dict[str, dict[str, int]]:
+        """Counters since ``configure()``: ``{model name: {event: count}}``.
+
+        Events: ``hits``, ``misses``, ``fills``, ``errors`` (failed or undecodable reads),
+        ``bypass:<reason>``; under ``"*"``: ``invalidations`` (keys) and
+        ``invalidation_errors``. Empty when not configured.
+        """
+        runtime = _state.runtime
+        return {} if runtime is None else runtime.stats.snapshot()

@@ -1,0 +1,256 @@
+"""Payloads: how a row becomes bytes and back. Data only — never pickle, never eval.
+
+An entry is ``tags + schema + body`` (see ``transport._protocols``):
+
+* ``schema`` is 16 ASCII characters: the payload format version (one hex digit) followed by
+  a hash of the model's table, column names and column types. Two application versions with
+  different models sharing one cache each see the other's entries as a miss, never as data.
+* ``body`` is a JSON array of the row's column values in a fixed order, optionally preceded
+  by a 16-byte HMAC-SHA256 over ``key + tags + schema + json`` when a signing key is set.
+
+Values are converted by column type, strictly: a value whose exact Python type is not the
+one the column promises is not cached (the read still works, from the database).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import hmac
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+#: Bump when the body layout changes: older entries then fail the schema check.
+FORMAT_VERSION = 1
+
+Encoder = Callable[[Any], Any]
+Decoder = Callable[[Any], Any]
+
+
+class Unsupported(Exception):
+    """A value or a column type this codec will not store."""
+
+
+def _python_type(sql_type: TypeEngine[Any]) -> type | None:
+    """The Python type a column's values have, looking through TypeDecorators to their impl."""
+    candidate: TypeEngine[Any] | None = sql_type
+    while candidate is not None:
+        try:
+            found = candidate.python_type
+        except NotImplementedError:
+            found = object
+        if found is not object:
+            return found
+        candidate = candidate.impl_instance if isinstance(candidate, TypeDecorator) else None
+    return None
+
+
+def _exact(kind: type) -> Encoder:
+    def encode(value: Any) -> Any:
+        if type(value) is not kind:
+            raise Unsupported(kind.__name__)
+        return value
+
+    return encode
+
+
+def _exact_then(kind: type, convert: Encoder) -> Encoder:
+    def encode(value: Any) -> Any:
+        if type(value) is not kind:
+            raise Unsupported(kind.__name__)
+        return convert(value)
+
+    return encode
+
+
+def _finite_float(value: Any) -> Any:
+    if type(value) is not float or not math.isfinite(value):
+        raise Unsupported("float")  # JSON has no NaN/inf: orjson would store null
+    return value
+
+
+def _timedelta_parts(value: dt.timedelta) -> list[int]:
+    return [value.days, value.seconds, value.microseconds]
+
+
+def _enum_codec(kind: type[enum.Enum]) -> tuple[Encoder, Decoder]:
+    def encode(value: Any) -> Any:
+        if type(value) is not kind:
+            raise Unsupported(kind.__name__)
+        return value.name
+
+    return encode, kind.__getitem__
+
+
+# Python type -> (encoder, decoder). A decoder of None means "JSON gives it back as is".
+_CODECS: dict[type, tuple[Encoder, Decoder | None]] = {
+    int: (_exact(int), None),
+    str: (_exact(str), None),
+    bool: (_exact(bool), None),
+    float: (_finite_float, None),
+    dt.datetime: (_exact_then(dt.datetime, dt.datetime.isoformat), dt.datetime.fromisoformat),
+    dt.date: (_exact_then(dt.date, dt.date.isoformat), dt.date.fromisoformat),
+    dt.time: (_exact_then(dt.time, dt.time.isoformat), dt.time.fromisoformat),
+    dt.timedelta: (
+        _exact_then(dt.timedelta, _timedelta_parts),
+        lambda parts: dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2]),
+    ),
+    uuid.UUID: (_exact_then(uuid.UUID, str), uuid.UUID),
+    decimal.Decimal: (_exact_then(decimal.Decimal, str), decimal.Decimal),
+    bytes: (
+        _exact_then(bytes, lambda value: base64.b64encode(value).decode("ascii")),
+        base64.b64decode,
+    ),
+    # JSON columns: orjson refuses what JSON cannot hold, which means "do not cache".
+    dict: (lambda value: value, None),
+    list: (lambda value: value, None),
+}
+
+
+def column_codec(sql_type: TypeEngine[Any]) -> tuple[Encoder, Decoder | None]:
+    """The (encoder, decoder) pair for a column type; raises :class:`Unsupported`."""
+    kind = _python_type(sql_type)
+    if kind is not None and issubclass(kind, enum.Enum):
+        return _enum_codec(kind)
+    if kind is None or kind not in _CODECS:
+        raise Unsupported(f"column type {sql_type!r}")
+    return _CODECS[kind]
+
+
+# -- primary keys ------------------------------------------------------------------------
+
+
+def _canonical_int(value: Any) -> Any:
+    if type(value) is int:
+        return value
+    if type(value) is str and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise Unsupported("int key")
+
+
+def _canonical_uuid(value: Any) -> Any:
+    if type(value) is uuid.UUID:
+        return str(value)
+    if type(value) is str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise Unsupported("uuid key") from None
+    raise Unsupported("uuid key")
+
+
+_KEY_CANONICALIZERS: dict[type, Callable[[Any], Any]] = {
+    int: _canonical_int,
+    str: _exact(str),
+    uuid.UUID: _canonical_uuid,
+    dt.datetime: _exact_then(dt.datetime, dt.datetime.isoformat),
+    dt.date: _exact_then(dt.date, dt.date.isoformat),
+}
+
+
+def key_canonicalizer(sql_type: TypeEngine[Any]) -> Callable[[Any], Any]:
+    """Maps every spelling of one key value to one JSON value; raises :class:`Unsupported`."""
+    kind = _python_type(sql_type)
+    if kind is None or kind not in _KEY_CANONICALIZERS:
+        raise Unsupported(f"primary key type {sql_type!r}")
+    return _KEY_CANONICALIZERS[kind]
+
+
+def encode_key_part(values: Sequence[Any]) -> str:
+    """A JSON array: quoting and escaping make splicing ambiguities impossible."""
+    return orjson.dumps(list(values)).decode("utf-8")
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowCodec:
+    """Encodes and decodes the loaded column values of one mapped class."""
+
+    attribute_keys: tuple[str, ...]
+    encoders: tuple[Encoder, ...]
+    decoders: tuple[tuple[int, Decoder], ...]  # only the columns that need converting back
+    schema: bytes
+
+    @classmethod
+    def build(cls, table_name: str, columns: Sequence[tuple[str, TypeEngine[Any]]]) -> RowCodec:
+        """Raises :class:`Unsupported` when a column type cannot be stored faithfully."""
+        encoders: list[Encoder] = []
+        decoders: list[tuple[int, Decoder]] = []
+        for index, (_, sql_type) in enumerate(columns):
+            encoder, decoder = column_codec(sql_type)
+            encoders.append(encoder)
+            if decoder is not None:
+                decoders.append((index, decoder))
+        description = repr((FORMAT_VERSION, table_name, [(k, repr(t)) for k, t in columns]))
+        digest = hashlib.sha256(description.encode("utf-8")).hexdigest()
+        schema = f"{FORMAT_VERSION:x}{digest[:15]}".encode("ascii")
+        return cls(tuple(key for key, _ in columns), tuple(encoders), tuple(decoders), schema)
+
+    def encode(self, state_dict: dict[str, Any]) -> bytes:
+        """JSON body of the values in ``state_dict``; raises :class:`Unsupported`."""
+        values = []
+        for key, encoder in zip(self.attribute_keys, self.encoders):
+            if key not in state_dict:
+                raise Unsupported(f"{key} not loaded")
+            value = state_dict[key]
+            values.append(None if value is None else encoder(value))
+        try:
+            return orjson.dumps(values)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise Unsupported(str(exc)) from None
+
+    def decode(self, body: bytes) -> dict[str, Any] | None:
+        """The attribute dict of a body, or ``None`` when it is not a valid body."""
+        try:
+            values = orjson.loads(body)
+            if type(values) is not list or len(values) != len(self.attribute_keys):
+                return None
+            for index, decoder in self.decoders:
+                if values[index] is not None:
+                    values[index] = decoder(values[index])
+        except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation):
+            return None
+        return dict(zip(self.attribute_keys, values))
+
+
+# -- framing: tags + schema + (signature) + body ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Puts the header (and optional signature) around a body, and checks it on the way back."""
+
+    signing_key: bytes | None = None
+
+    def frame(self, key: str, header: bytes, body: bytes) -> bytes:
+        if self.signing_key is None:
+            return header + body
+        return header + self._mac(key, header, body) + body
+
+    def unframe(self, key: str, header: bytes, entry: bytes) -> bytes | None:
+        """The body of ``entry`` if its header is ``header`` (and its signature holds)."""
+        if not entry.startswith(header):
+            return None
+        rest = entry[len(header) :]
+        if self.signing_key is None:
+            return rest
+        mac, body = rest[:16], rest[16:]
+        if not hmac.compare_digest(mac, self._mac(key, header, body)):
+            return None
+        return body
+
+    def _mac(self, key: str, header: bytes, body: bytes) -> bytes:
+        assert self.signing_key is not None
+        message = key.encode("utf-8") + b"\0" + header + body
+        return hmac.digest(self.signing_key, message, "sha256")[:16]

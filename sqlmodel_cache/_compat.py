@@ -1,0 +1,72 @@
+"""Every touch of SQLAlchemy internals lives here, checked against SQLAlchemy 2.0 and 2.1.
+
+Keeping them in one module means a SQLAlchemy upgrade is reviewed in one place; the test
+suite runs on both versions (see ``noxfile.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Mapper
+from sqlalchemy.sql import ClauseElement, Select
+from sqlalchemy.util import await_only as _await_only
+
+T = TypeVar("T")
+
+
+def await_only(awaitable: Awaitable[T]) -> T:
+    """Run a coroutine from sync code running inside SQLAlchemy's greenlet (AsyncSession)."""
+    return _await_only(awaitable)  # type: ignore[no-any-return]
+
+
+def in_async_session_context() -> bool:
+    """True when sync code runs inside ``greenlet_spawn``, so :func:`await_only` works.
+
+    That is the case for everything an ``AsyncSession`` does; it is not for a plain
+    ``Session`` used from ordinary threads.
+    """
+    try:
+        import greenlet
+    except ImportError:  # pragma: no cover - greenlet is required for AsyncSession anyway
+        return False
+    return bool(getattr(greenlet.getcurrent(), "__sqlalchemy_greenlet_provider__", False))
+
+
+def get_clause(mapper: Mapper[Any]) -> tuple[ClauseElement, tuple[str, ...]]:
+    """The WHERE clause ``Session.get()`` uses for ``mapper`` and its bind keys in PK order."""
+    clause, params = mapper._get_clause
+    return clause, tuple(params[column].key for column in mapper.primary_key)
+
+
+def is_get_criteria(statement: Select[Any], clause: ClauseElement) -> bool:
+    """True when ``statement`` filters on exactly ``Session.get()``'s clause and nothing else.
+
+    SQLAlchemy 2.1 puts the mapper's own clause object in the statement; 2.0 puts an
+    annotated copy of it, which compares equal.
+    """
+    criteria: Sequence[ClauseElement] = statement._where_criteria
+    if len(criteria) != 1:
+        return False
+    criterion = criteria[0]
+    return criterion is clause or bool(criterion.compare(clause))
+
+
+def has_plain_shape(statement: Select[Any]) -> bool:
+    """True when the SELECT carries no loader options, locks, joins or modifiers."""
+    return not (
+        statement._with_options
+        or statement._for_update_arg is not None
+        or statement._setup_joins
+        or statement._limit_clause is not None
+        or statement._offset_clause is not None
+        or statement._group_by_clauses
+        or statement._having_criteria
+        or statement._distinct
+    )
+
+
+def identity_token_of(load_options: Any) -> Any:
+    """The horizontal-sharding identity token a load asks for (``None`` normally)."""
+    return getattr(load_options, "_identity_token", None)

@@ -1,0 +1,58 @@
+"""Per-model opt-in (`CacheConfig`) and the validated global settings (`CacheSettings`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel_cache._errors import ConfigurationError
+
+
+def check_ttl(value: object, what: str) -> int:
+    """Return ``value`` if it is a positive whole number of seconds, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(
+            f"{what} must be a positive whole number of seconds, got {value!r}; "
+            "use enabled=False (or omit __cache_config__) to turn caching off instead"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Per-model cache configuration.
+
+    Assign it as a class attribute of a SQLModel table model to cache that model::
+
+        class Hero(SQLModel, table=True):
+            __cache_config__ = CacheConfig(ttl=600)
+            id: int | None = Field(default=None, primary_key=True)
+
+    Attributes:
+        enabled: ``False`` keeps the model out of the cache (every read goes to the database).
+        ttl: seconds an entry lives; ``None`` uses ``SQLModelCache.configure(default_ttl=...)``.
+    """
+
+    enabled: bool = True
+    ttl: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigurationError(f"CacheConfig.enabled must be a bool, got {self.enabled!r}")
+        if self.ttl is not None:
+            check_ttl(self.ttl, "CacheConfig.ttl")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The active global configuration, as returned by ``SQLModelCache.get_config()``.
+
+    Built and validated by ``SQLModelCache.configure()``; see its docstring for each field.
+    """
+
+    transport: object
+    default_ttl: int = 300
+    key_prefix: str = "sqlmodelcache"
+    enabled: bool = True
+    max_entry_bytes: int = 1_048_576
+    lease_ttl: float = 5.0
+    signing_key: bytes | None = None

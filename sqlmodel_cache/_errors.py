@@ -1,0 +1,32 @@
+"""The exception tree of sqlmodel-cache.
+
+::
+
+    CacheError                      base of every error this library raises
+    └── ConfigurationError          bad or missing configuration; the message says the fix
+        └── MissingDependencyError  an optional extra is not installed
+
+Transport failures (a dead Redis, a timeout) are never raised to the application on a
+read: the read falls back to the database and the failure is counted and logged.
+"""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base exception for all sqlmodel-cache errors."""
+
+
+class ConfigurationError(CacheError):
+    """The cache is not configured, or is configured with a value it cannot use."""
+
+
+class MissingDependencyError(ConfigurationError):
+    """A feature needs an optional dependency that is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package!r} is not installed; install it with: pip install 'sqlmodel-cache[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

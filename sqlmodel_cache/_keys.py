@@ -1,0 +1,50 @@
+"""The key layout. Every key starts with the configured ``key_prefix``.
+
+::
+
+    {prefix}:{<table>}:r:<pk-json>   a cached row, e.g.  app:{hero}:r:[42]
+    {prefix}:{<table>}:rt            the table's row tag: changes on bulk writes to the table
+    {prefix}:{<table>}:dt            the table's data tag: changes on every write to the table
+
+A row entry is valid only while it starts with its table's current row tag, so a bulk
+``UPDATE``/``DELETE`` invalidates every cached row of a table by changing one key (O(1), no
+``KEYS``/``SCAN``). Query entries (a later feature) carry the data tags of every table they
+read. Tags are random, not counters: a tag lost to eviction comes back as a new random value,
+which can never revive entries written under an older one.
+
+The ``{<table>}`` hash tag keeps a table's rows and tags in one Redis Cluster slot, so the
+atomic scripts can touch a row and its tag together.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Length of a tag in bytes (16 hex characters).
+TAG_SIZE = 16
+
+
+def table_part(prefix: str, table_name: str) -> str:
+    return f"{prefix}:{{{table_name}}}"
+
+
+def row_key(table_prefix: str, pk_json: str) -> str:
+    return f"{table_prefix}:r:{pk_json}"
+
+
+def row_tag_key(table_prefix: str) -> str:
+    return f"{table_prefix}:rt"
+
+
+def data_tag_key(table_prefix: str) -> str:
+    return f"{table_prefix}:dt"
+
+
+def new_tag() -> bytes:
+    """A fresh tag: 16 hex characters (64 random bits), so equal tags never happen by chance."""
+    return os.urandom(8).hex().encode("ascii")
+
+
+def new_lease() -> bytes:
+    """A lease marker unique to one fetch."""
+    return b"L" + os.urandom(8).hex().encode("ascii")

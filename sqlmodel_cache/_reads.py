@@ -1,0 +1,227 @@
+"""The read path: where a ``session.get()`` is answered from the cache or fills it.
+
+Called from the ``do_orm_execute`` listener. Returning ``None`` lets SQLAlchemy run the
+statement as usual; returning a ``Result`` answers it. Any doubt means ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Result
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql import Select
+
+from sqlmodel_cache import _keys
+from sqlmodel_cache._codec import Unsupported
+from sqlmodel_cache._compat import has_plain_shape, identity_token_of, is_get_criteria
+from sqlmodel_cache._models import ModelPlan
+from sqlmodel_cache._state import Runtime
+from sqlmodel_cache._writes import tracker_of
+
+
+def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tuple[Any, ...]] | None:
+    """The plan and primary key when ``state`` is a ``Session.get()`` (or a lazy many-to-one
+    load, which SQLAlchemy runs the same way) of a cache-enabled model; else ``None``."""
+    statement = state.statement
+    if not isinstance(statement, Select) or state.is_column_load:
+        return None
+    mapper = state.bind_mapper
+    if mapper is None:
+        return None
+    plan = runtime.registry.plan_for(mapper)
+    if plan is None:
+        return None
+    params = state.parameters
+    if not isinstance(params, dict) or len(params) != len(plan.get_param_keys):
+        return None
+    try:
+        pk = tuple(params[key] for key in plan.get_param_keys)
+    except KeyError:
+        return None
+    if not is_get_criteria(statement, plan.get_clause):
+        return None
+    return plan, pk
+
+
+def _bypass_reason(
+    runtime: Runtime, state: ORMExecuteState, plan: ModelPlan, statement: Select[Any]
+) -> str | None:
+    """Why this get must go to the database (SPEC R3), or ``None`` when the cache may serve it."""
+    options = state.execution_options
+    if options.get("cache", True) is False:
+        return "option"
+    if options.get("populate_existing") or state.load_options._populate_existing:
+        return "populate_existing"
+    if not has_plain_shape(statement):
+        return "statement_options"
+    if identity_token_of(state.load_options) is not None:
+        return "identity_token"
+    tracker = tracker_of(state.session)
+    if tracker is not None and tracker.blocks(plan.table_name):
+        return "own_writes"
+    return None
+
+
+def _entry_ttl(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) -> int | None:
+    ttl = state.execution_options.get("cache_ttl")
+    if ttl is None:
+        return plan.config.ttl or runtime.settings.default_ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        return None
+    return ttl
+
+
+def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
+    """Answer a ``Session.get()`` from the cache, or run it and fill the cache."""
+    matched = match_get(runtime, state)
+    if matched is None:
+        return None
+    plan, pk = matched
+    model = plan.mapper.class_.__name__
+    stats = runtime.stats
+    statement: Select[Any] = state.statement  # type: ignore[assignment]
+    reason = _bypass_reason(runtime, state, plan, statement)
+    ttl = _entry_ttl(runtime, state, plan)
+    if reason is None and ttl is None:
+        reason = "invalid_option"
+        stats.warn("cache_ttl", "execution option cache_ttl must be a positive int; not cached")
+    if reason is None and not runtime.driver.usable_here():
+        reason = "async_transport_in_sync_session"
+        stats.warn(
+            reason,
+            "a sync Session cannot use the async transport %s: reads bypass the cache",
+            type(runtime.driver.transport).__name__,
+        )
+    if reason is None:
+        try:
+            key = plan.row_key_for(pk)
+        except Unsupported:
+            reason = "key_type"
+    if reason is not None:
+        stats.add(model, f"bypass:{reason}")
+        return None
+
+    schema = plan.codec.schema
+    lease = _keys.new_lease()
+    try:
+        fetched = runtime.driver.fetch(
+            key, (plan.row_tag_key,), schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
+        )
+    except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
+        stats.add(model, "errors")
+        stats.warn("read_error", "cache read failed, using the database: %r", exc)
+        return None
+
+    if fetched.entry is not None:
+        values = _decode_hit(runtime, plan, key, fetched.entry)
+        if values is None:
+            stats.add(model, "errors")
+            stats.warn("bad_entry", "undecodable cache entry for %s removed", model)
+            _forget(runtime, key)
+        else:
+            instance = _materialize(state.session, plan, values)
+            if instance is None:
+                stats.add(model, "bypass:identity_present")
+                return None
+            stats.add(model, "hits")
+            return _single_result(plan, instance)
+
+    stats.add(model, "misses")
+    frozen = state.invoke_statement().freeze()
+    if fetched.leased:
+        _fill(runtime, state, plan, key, fetched.tags, lease, frozen.data, ttl or 1)
+    return frozen()
+
+
+def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> dict[str, Any] | None:
+    """The row values in ``entry``, or ``None`` if it is corrupt, foreign or for another key.
+
+    The transport already matched the entry's tag against the current one; the schema,
+    signature, JSON and the row's own primary key are checked here."""
+    header = entry[: _keys.TAG_SIZE] + plan.codec.schema
+    body = runtime.framing.unframe(key, header, entry)
+    if body is None:
+        return None
+    values = plan.codec.decode(body)
+    if values is None:
+        return None
+    try:
+        own_key = plan.row_key_for(tuple(values[k] for k in plan.pk_attribute_keys))
+    except (Unsupported, KeyError):
+        return None
+    return values if own_key == key else None
+
+
+def _materialize(session: Session, plan: ModelPlan, values: dict[str, Any]) -> object | None:
+    """A persistent instance built from cached values, exactly as if loaded (no validation,
+    no merge copy); ``None`` if the session already holds that identity."""
+    mapper = plan.mapper
+    identity = mapper.identity_key_from_primary_key([values[k] for k in plan.pk_attribute_keys])
+    if identity in session.identity_map:
+        return None
+    instance = mapper.class_manager.new_instance()
+    instance_state(instance).dict.update(values)
+    make_transient_to_detached(instance)
+    session.add(instance)
+    for key in plan.eager_relationships:
+        # NOTE: eager relationships load now, as they would have with the row, so code that
+        # relies on lazy="selectin" (e.g. under AsyncSession) finds them loaded.
+        getattr(instance, key)
+    return instance
+
+
+def _single_result(plan: ModelPlan, instance: object) -> Result[Any]:
+    metadata = SimpleResultMetaData([plan.mapper.class_.__name__])
+    return IteratorResult(metadata, iter([(instance,)]))
+
+
+def _fill(
+    runtime: Runtime,
+    state: ORMExecuteState,
+    plan: ModelPlan,
+    key: str,
+    tags: tuple[bytes, ...],
+    lease: bytes,
+    rows: Any,
+    ttl: int,
+) -> None:
+    """Store the row just loaded, if it is exactly what the key names and fits the limits."""
+    model = plan.mapper.class_.__name__
+    if len(rows) != 1:
+        return
+    # A frozen ORM result holds bare instances when it can serve scalars, else rows.
+    instance = rows[0] if type(rows[0]) is plan.mapper.class_ else rows[0][0]
+    if type(instance) is not plan.mapper.class_:
+        return
+    loaded = instance_state(instance)
+    if loaded.modified or loaded.key is None:
+        return
+    try:
+        if plan.row_key_for(loaded.key[1]) != key:
+            return  # the database matched another spelling of the key (e.g. a collation)
+        body = plan.codec.encode(loaded.dict)
+    except Unsupported:
+        runtime.stats.add(model, "bypass:unsupported_value")
+        return
+    entry = runtime.framing.frame(key, b"".join(tags) + plan.codec.schema, body)
+    if len(entry) > runtime.settings.max_entry_bytes:
+        runtime.stats.add(model, "bypass:too_large")
+        return
+    try:
+        stored = runtime.driver.fill(key, entry, ttl, lease)
+    except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss
+        runtime.stats.add(model, "errors")
+        runtime.stats.warn("fill_error", "cache fill failed: %r", exc)
+        return
+    if stored:
+        runtime.stats.add(model, "fills")
+
+
+def _forget(runtime: Runtime, key: str) -> None:
+    try:
+        runtime.driver.delete(key)
+    except Exception:  # noqa: BLE001, S110 - best effort: the entry stays a miss anyway
+        pass

@@ -1,0 +1,30 @@
+"""All global state in one place: the active runtime, set by configure() and dropped by reset()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlmodel_cache._codec import Framing
+from sqlmodel_cache._config import CacheSettings
+from sqlmodel_cache._driver import Driver
+from sqlmodel_cache._models import ModelRegistry
+from sqlmodel_cache._stats import Stats
+
+
+@dataclass
+class Runtime:
+    """What the listeners use while the cache is configured."""
+
+    settings: CacheSettings
+    driver: Driver
+    registry: ModelRegistry
+    framing: Framing
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return max(1, int(self.settings.lease_ttl * 1000))
+
+
+#: ``None`` until configure(); the listeners read it on every event.
+runtime: Runtime | None = None

@@ -1,0 +1,181 @@
+"""The write path: what a transaction changed, and invalidating it when it commits.
+
+A :class:`Tracker` lives in ``session.info`` from the first write of a transaction to its
+end. Flushes and DML statements add to it; savepoints fold into it (a rolled-back savepoint's
+writes stay recorded: over-invalidating is allowed, under-invalidating never); a commit
+invalidates everything in it in one transport call, after the database commit and before
+``commit()`` returns; a rollback drops it without touching the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql import Delete, Insert, TableClause, TextClause, Update
+
+from sqlmodel_cache import _keys
+from sqlmodel_cache._codec import Unsupported
+from sqlmodel_cache._state import Runtime
+
+TRACKER_KEY = "sqlmodel_cache.tracker"
+
+#: Text statements starting with these words are reads (anything else is an unknown write).
+_READ_ONLY_TEXT = ("SELECT", "SHOW", "EXPLAIN")
+
+
+@dataclass
+class Tracker:
+    """What the current transaction of one session has written."""
+
+    row_keys: set[str] = field(default_factory=set)
+    tag_keys: set[str] = field(default_factory=set)
+    written_tables: set[str] = field(default_factory=set)
+    unknown_writes: bool = False
+    flushing: bool = False
+
+    def blocks(self, table_name: str) -> bool:
+        """True when a read of ``table_name`` could see this transaction's own writes, so
+        it must neither be served from nor stored in the cache (read-your-own-writes)."""
+        return self.flushing or self.unknown_writes or table_name in self.written_tables
+
+    def note_table(self, prefix: str, table_name: str, *, all_rows: bool) -> None:
+        """Record a write to ``table_name``; ``all_rows`` when any row may have changed."""
+        self.written_tables.add(table_name)
+        table_prefix = _keys.table_part(prefix, table_name)
+        self.tag_keys.add(_keys.data_tag_key(table_prefix))
+        if all_rows:
+            self.tag_keys.add(_keys.row_tag_key(table_prefix))
+
+
+def tracker_of(session: Session) -> Tracker | None:
+    tracker: Tracker | None = session.info.get(TRACKER_KEY)
+    return tracker
+
+
+def _tracker(session: Session) -> Tracker:
+    tracker: Tracker | None = session.info.get(TRACKER_KEY)
+    if tracker is None:
+        tracker = session.info[TRACKER_KEY] = Tracker()
+    return tracker
+
+
+def _table_name(table: Any) -> str | None:
+    name = getattr(table, "fullname", None)
+    return name if isinstance(name, str) else None
+
+
+def before_flush(session: Session) -> None:
+    # Reads issued by the flush itself (cascades, post-fetches) may see its own writes.
+    _tracker(session).flushing = True
+
+
+def after_flush(runtime: Runtime, session: Session, flush_context: UOWTransaction) -> None:
+    """Record every row and table the flush wrote (``session.new/dirty/deleted`` still hold
+    the pre-flush lists here)."""
+    tracker = _tracker(session)
+    prefix = runtime.settings.key_prefix
+    new = session.new
+    for instance in chain(new, session.dirty, session.deleted):
+        state = instance_state(instance)
+        mapper = state.mapper
+        for table in mapper.tables:
+            name = _table_name(table)
+            if name is not None:
+                tracker.note_table(prefix, name, all_rows=False)
+        for relationship in mapper.relationships:
+            name = _table_name(relationship.secondary)
+            if name is not None:
+                tracker.note_table(prefix, name, all_rows=False)
+        if instance in new:
+            continue
+        plan = runtime.registry.plan_for(mapper)
+        if plan is None:
+            continue
+        identities = [state.key[1]] if state.key is not None else []
+        # A changed primary key: the new identity is invalidated too.
+        identities.append(tuple(state.dict.get(k) for k in plan.pk_attribute_keys))
+        for identity in identities:
+            try:
+                tracker.row_keys.add(plan.row_key_for(identity))
+            except Unsupported:
+                tracker.note_table(prefix, plan.table_name, all_rows=True)
+
+
+def after_flush_postexec(session: Session) -> None:
+    _tracker(session).flushing = False
+
+
+def note_statement(runtime: Runtime, state: ORMExecuteState) -> None:
+    """Record a non-SELECT statement run through the session (bulk DML, Core DML, text)."""
+    statement = state.statement
+    prefix = runtime.settings.key_prefix
+    if isinstance(statement, (Insert, Update, Delete)):
+        tracker = _tracker(state.session)
+        tables: list[Any] = [statement.table]
+        for mapper in state.all_mappers:
+            tables.extend(mapper.tables)
+        for table in tables:
+            name = _table_name(table) if isinstance(table, TableClause) else None
+            if name is None:
+                tracker.unknown_writes = True
+            else:
+                # Bulk statements may change any row: the table's row tag moves (O(1)).
+                tracker.note_table(prefix, name, all_rows=True)
+        return
+    if isinstance(statement, TextClause):
+        words = statement.text.lstrip().split(None, 1)
+        if words and words[0].upper() in _READ_ONLY_TEXT:
+            return
+    _tracker(state.session).unknown_writes = True
+
+
+def after_commit(runtime: Runtime, session: Session) -> None:
+    """Invalidate what the committed transaction wrote: one transport call, before
+    ``commit()`` returns."""
+    tracker: Tracker | None = session.info.pop(TRACKER_KEY, None)
+    if tracker is None:
+        return
+    tag_keys = set(tracker.tag_keys)
+    if tracker.unknown_writes:
+        # Raw SQL wrote tables we cannot name: every cached table is invalidated.
+        for plan in runtime.registry.known_plans():
+            tag_keys.add(plan.row_tag_key)
+            tag_keys.add(plan.data_tag_key)
+    if not tracker.row_keys and not tag_keys:
+        return
+    stats = runtime.stats
+    if not runtime.driver.usable_here():
+        stats.add("*", "invalidation_errors")
+        stats.warn(
+            "invalidate_async_in_sync",
+            "a sync Session committed but the configured transport is async: the cache was "
+            "NOT invalidated and may serve stale rows until their TTL; configure a sync "
+            "transport for sync sessions",
+            level=logging.ERROR,
+        )
+        return
+    try:
+        runtime.driver.invalidate(sorted(tracker.row_keys), sorted(tag_keys), _keys.new_tag())
+    except Exception as exc:  # noqa: BLE001 - writes shout, but the commit already happened
+        stats.add("*", "invalidation_errors")
+        stats.warn(
+            "invalidate_error",
+            "cache invalidation after commit FAILED (%r): up to %d keys may be stale until "
+            "their TTL expires",
+            exc,
+            len(tracker.row_keys) + len(tag_keys),
+            level=logging.ERROR,
+        )
+        return
+    stats.add("*", "invalidations", len(tracker.row_keys) + len(tag_keys))
+
+
+def after_transaction_end(session: Session, transaction: Any) -> None:
+    """The outermost transaction ended without a commit (rollback or close): forget it."""
+    if transaction.parent is None:
+        session.info.pop(TRACKER_KEY, None)

@@ -1,0 +1,31 @@
+-- Read an entry, checked against its tags, or take the lease to fill it.
+-- KEYS[1]      the entry key
+-- KEYS[2..n]   tag keys whose current values the entry must start with
+-- ARGV[1]      schema id that follows the tags in a valid entry
+-- ARGV[2]      fresh tag for tag keys that do not exist yet
+-- ARGV[3]      the caller's lease marker (starts with "L")
+-- ARGV[4]      lease lifetime in milliseconds
+-- Returns {entry} on a hit, {false, leased (0/1), tag_1, ..., tag_n} otherwise.
+local tags = {}
+for i = 2, #KEYS do
+  local tag = redis.call('GET', KEYS[i])
+  if not tag then
+    tag = ARGV[2]
+    redis.call('SET', KEYS[i], tag)
+  end
+  tags[#tags + 1] = tag
+end
+local entry = redis.call('GET', KEYS[1])
+if entry then
+  if string.sub(entry, 1, 1) == 'L' then
+    -- another reader holds the lease: it fills, we only read the database
+    return {false, 0, unpack(tags)}
+  end
+  local want = table.concat(tags) .. ARGV[1]
+  if string.sub(entry, 1, #want) == want then
+    return {entry}
+  end
+end
+-- empty or outdated: whoever fills must hold this lease when the fill arrives
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return {false, 1, unpack(tags)}
