@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlalchemy.types import JSON, TypeDecorator, TypeEngine
 
 #: Bump when the body layout changes: older entries then fail the schema check.
 FORMAT_VERSION = 1
@@ -72,6 +72,13 @@ def _exact_then(kind: type, convert: Encoder) -> Encoder:
     return encode
 
 
+def _uuid_str(value: Any) -> Any:
+    # isinstance, not an exact type: asyncpg returns its own uuid.UUID subclass.
+    if not isinstance(value, uuid.UUID):
+        raise Unsupported("uuid")
+    return str(value)
+
+
 def _finite_float(value: Any) -> Any:
     if type(value) is not float or not math.isfinite(value):
         raise Unsupported("float")  # JSON has no NaN/inf: orjson would store null
@@ -104,20 +111,22 @@ _CODECS: dict[type, tuple[Encoder, Decoder | None]] = {
         _exact_then(dt.timedelta, _timedelta_parts),
         lambda parts: dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2]),
     ),
-    uuid.UUID: (_exact_then(uuid.UUID, str), uuid.UUID),
+    uuid.UUID: (_uuid_str, uuid.UUID),
     decimal.Decimal: (_exact_then(decimal.Decimal, str), decimal.Decimal),
     bytes: (
         _exact_then(bytes, lambda value: base64.b64encode(value).decode("ascii")),
         base64.b64decode,
     ),
-    # JSON columns: orjson refuses what JSON cannot hold, which means "do not cache".
-    dict: (lambda value: value, None),
-    list: (lambda value: value, None),
 }
+
+# JSON columns hold any JSON document; orjson refusing a value means "do not cache".
+_JSON_CODEC: tuple[Encoder, Decoder | None] = (lambda value: value, None)
 
 
 def column_codec(sql_type: TypeEngine[Any]) -> tuple[Encoder, Decoder | None]:
     """The (encoder, decoder) pair for a column type; raises :class:`Unsupported`."""
+    if isinstance(sql_type, JSON):
+        return _JSON_CODEC
     kind = _python_type(sql_type)
     if kind is not None and issubclass(kind, enum.Enum):
         return _enum_codec(kind)
@@ -129,36 +138,21 @@ def column_codec(sql_type: TypeEngine[Any]) -> tuple[Encoder, Decoder | None]:
 # -- primary keys ------------------------------------------------------------------------
 
 
-def _canonical_int(value: Any) -> Any:
-    if type(value) is int:
-        return value
-    if type(value) is str and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise Unsupported("int key")
-
-
-def _canonical_uuid(value: Any) -> Any:
-    if type(value) is uuid.UUID:
-        return str(value)
-    if type(value) is str:
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            raise Unsupported("uuid key") from None
-    raise Unsupported("uuid key")
-
-
+# NOTE: only the exact Python type of a column is keyed. Another spelling ("1" for an
+# integer key, a str for a UUID key) bypasses the cache: some drivers accept it and some
+# reject it, and a cache hit must never answer a call the database would have refused.
 _KEY_CANONICALIZERS: dict[type, Callable[[Any], Any]] = {
-    int: _canonical_int,
+    int: _exact(int),
     str: _exact(str),
-    uuid.UUID: _canonical_uuid,
+    uuid.UUID: _uuid_str,
     dt.datetime: _exact_then(dt.datetime, dt.datetime.isoformat),
     dt.date: _exact_then(dt.date, dt.date.isoformat),
 }
 
 
 def key_canonicalizer(sql_type: TypeEngine[Any]) -> Callable[[Any], Any]:
-    """Maps every spelling of one key value to one JSON value; raises :class:`Unsupported`."""
+    """Maps a key value to its JSON key form; raises :class:`Unsupported` for values that
+    are not exactly of the column's Python type (those reads bypass the cache)."""
     kind = _python_type(sql_type)
     if kind is None or kind not in _KEY_CANONICALIZERS:
         raise Unsupported(f"primary key type {sql_type!r}")

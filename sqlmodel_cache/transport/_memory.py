@@ -42,6 +42,14 @@ class MemoryTransport:
         with self._lock:
             return [key for key in list(self._data) if self._read(key) is not None]
 
+    def ttl(self, key: str) -> float | None:
+        """Seconds ``key`` has left; ``None`` when it is missing or never expires."""
+        with self._lock:
+            if self._read(key) is None:
+                return None
+            deadline = self._data[key][1]
+            return None if deadline is None else deadline - time.monotonic()
+
     def clear(self) -> None:
         """Drop everything."""
         with self._lock:

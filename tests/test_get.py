@@ -1,0 +1,522 @@
+"""``session.get()`` read path and commit invalidation, in every (session x transport x db)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+
+from sqlalchemy import inspect, text, update
+from sqlalchemy.orm import selectinload
+from sqlmodel import Session
+
+from sqlmodel_cache import SQLModelCache
+from tests.conftest import Env
+from tests.models import (
+    Author,
+    Book,
+    Color,
+    Document,
+    Gadget,
+    Hero,
+    Membership,
+    Note,
+    Reading,
+    Specimen,
+    Switched,
+    Team,
+)
+
+
+def _seed(env: Env) -> None:
+    def body(session: Session) -> None:
+        team = Team(name="Avengers")
+        session.add(team)
+        session.flush()
+        session.add(Hero(name="Spider", power=10, team_id=team.id))
+        session.add(Hero(name="Iron", power=20, team_id=team.id))
+        session.commit()
+
+    env.run(body)
+    env.reset_sql()
+
+
+def _name_of(hero_id: object) -> object:
+    def body(session: Session) -> object:
+        hero = session.get(Hero, hero_id)
+        return None if hero is None else hero.name
+
+    return body
+
+
+def test_miss_issues_one_select_then_hit_issues_none(env: Env) -> None:
+    """The first get reads the database once and fills; the next get issues no SQL."""
+    _seed(env)
+    assert env.run(_name_of(1)) == "Spider"
+    assert len(env.selects()) == 1
+    assert len(env.row_keys()) == 1
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Spider"
+    assert env.statements == []
+    stats = SQLModelCache.stats()["Hero"]
+    assert (stats["misses"], stats["fills"], stats["hits"]) == (1, 1, 1)
+
+
+def test_hit_returns_a_persistent_instance_that_can_be_changed(env: Env) -> None:
+    """A hit is a normal persistent object: changing it and committing issues an UPDATE."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def change(session: Session) -> None:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        state = inspect(hero)
+        assert state.persistent and hero in session
+        assert session.get(Hero, 1) is hero  # identity map
+        hero.power = 99
+        session.commit()
+
+    env.reset_sql()
+    env.run(change)
+    assert [s for s in env.statements if s.lstrip().upper().startswith("UPDATE")]
+    assert env.selects() == []
+    assert env.run(lambda s: s.get(Hero, 1).power) == 99  # type: ignore[union-attr]
+
+
+def test_lazy_many_to_one_after_a_hit_loads_and_is_cached_too(env: Env) -> None:
+    """After a hit, ``hero.team`` lazy-loads; that load is a get, so it is cached as well."""
+    _seed(env)
+
+    def team_name(session: Session) -> str:
+        hero = session.get(Hero, 1)
+        assert hero is not None and hero.team is not None
+        return hero.team.name
+
+    assert env.run(team_name) == "Avengers"
+    env.reset_sql()
+    assert env.run(team_name) == "Avengers"
+    assert env.statements == []
+
+
+def test_eager_relationships_are_loaded_on_a_hit(env: Env) -> None:
+    """A model with ``lazy="selectin"`` has its collection loaded on a hit too."""
+
+    def seed(session: Session) -> None:
+        author = Author(name="Le Guin", books=[Book(title="Earthsea"), Book(title="Lathe")])
+        session.add(author)
+        session.commit()
+
+    env.run(seed)
+
+    def titles(session: Session) -> list[str]:
+        author = session.get(Author, 1)
+        assert author is not None
+        assert "books" in inspect(author).dict  # loaded without touching the attribute
+        return sorted(book.title for book in author.books)
+
+    assert env.run(titles) == ["Earthsea", "Lathe"]
+    env.reset_sql()
+    assert env.run(titles) == ["Earthsea", "Lathe"]
+    assert len(env.selects()) == 1  # the collection; the author came from the cache
+
+
+def test_update_commit_invalidates_the_row(env: Env) -> None:
+    """A committed update removes the entry before ``commit()`` returns."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def rename(session: Session) -> None:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        hero.name = "Venom"
+        session.commit()
+        assert env.row_keys() == []  # invalidated by the time commit() returned
+
+    env.run(rename)
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Venom"
+    assert len(env.selects()) == 1
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Venom"
+    assert env.statements == []
+
+
+def test_delete_commit_invalidates_the_row(env: Env) -> None:
+    """A deleted row is not served from the cache afterwards."""
+    _seed(env)
+    env.run(_name_of(2))
+
+    def delete(session: Session) -> None:
+        session.delete(session.get(Hero, 2))
+        session.commit()
+
+    env.run(delete)
+    assert env.run(_name_of(2)) is None
+
+
+def test_rollback_touches_nothing(env: Env) -> None:
+    """A rolled-back change leaves the cached value in place and correct."""
+    _seed(env)
+    env.run(_name_of(1))
+    before = env.keys()
+
+    def change_and_roll_back(session: Session) -> None:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        hero.name = "Uncommitted"
+        session.flush()
+        session.rollback()
+
+    env.run(change_and_roll_back)
+    assert env.keys() == before
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Spider"
+    assert env.statements == []
+
+
+def test_reads_inside_a_writing_transaction_bypass_the_cache(env: Env) -> None:
+    """Read-your-own-writes: once a transaction wrote a table, its gets neither read nor
+    fill the cache, so an uncommitted value can never reach it."""
+    _seed(env)
+    env.run(_name_of(2))  # cached
+
+    def write_then_read(session: Session) -> None:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        hero.name = "Uncommitted"
+        session.flush()
+        session.expunge_all()
+        env.reset_sql()
+        assert session.get(Hero, 1).name == "Uncommitted"  # type: ignore[union-attr]
+        assert session.get(Hero, 2).name == "Iron"  # type: ignore[union-attr]
+        assert len(env.selects()) == 2  # both from the database, hero 2 despite its entry
+        session.rollback()
+
+    env.run(write_then_read)
+    assert env.run(_name_of(1)) == "Spider"
+    assert SQLModelCache.stats()["Hero"]["bypass:own_writes"] == 2
+
+
+def test_released_savepoint_is_invalidated_at_commit(env: Env) -> None:
+    """Writes in a released savepoint are invalidated by the outer commit."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def nested(session: Session) -> None:
+        with session.begin_nested():
+            session.get(Hero, 1).name = "Nested"  # type: ignore[union-attr]
+        session.commit()
+
+    env.run(nested)
+    assert env.run(_name_of(1)) == "Nested"
+
+
+def test_rolled_back_savepoint_keeps_values_correct(env: Env) -> None:
+    """A rolled-back savepoint's write never shows; the outer commit's write does."""
+    _seed(env)
+    env.run(_name_of(1))
+    env.run(_name_of(2))
+
+    def nested(session: Session) -> None:
+        savepoint = session.begin_nested()
+        session.get(Hero, 1).name = "Discarded"  # type: ignore[union-attr]
+        session.flush()
+        savepoint.rollback()
+        session.get(Hero, 2).name = "Kept"  # type: ignore[union-attr]
+        session.commit()
+
+    env.run(nested)
+    assert env.run(_name_of(1)) == "Spider"
+    assert env.run(_name_of(2)) == "Kept"
+
+
+def test_bulk_update_invalidates_every_cached_row_of_the_table(env: Env) -> None:
+    """An ORM bulk UPDATE changes the table's row tag: all cached rows become misses."""
+    _seed(env)
+    env.run(_name_of(1))
+    env.run(_name_of(2))
+
+    def bulk(session: Session) -> None:
+        session.execute(update(Hero).values(name="Bulk"))
+        session.commit()
+
+    env.run(bulk)
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Bulk"
+    assert env.run(_name_of(2)) == "Bulk"
+    assert len(env.selects()) == 2
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Bulk"
+    assert env.statements == []
+
+
+def test_core_update_through_the_session_invalidates(env: Env) -> None:
+    """A Core ``update(table)`` executed by the session invalidates that table."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def core(session: Session) -> None:
+        table = Hero.__table__  # type: ignore[attr-defined]
+        session.execute(update(table).where(table.c.id == 1).values(name="Core"))
+        session.commit()
+
+    env.run(core)
+    assert env.run(_name_of(1)) == "Core"
+
+
+def test_text_dml_through_the_session_invalidates_every_cached_table(env: Env) -> None:
+    """Raw SQL writes cannot be attributed to a table, so the commit invalidates them all."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def raw(session: Session) -> None:
+        session.execute(text("UPDATE hero SET name = 'Raw' WHERE id = 1"))
+        assert session.get(Hero, 2) is not None  # bypassed: this transaction wrote raw SQL
+        session.commit()
+
+    env.run(raw)
+    assert env.run(_name_of(1)) == "Raw"
+
+
+def test_text_select_does_not_disable_the_cache(env: Env) -> None:
+    """A raw SELECT in a transaction is a read: gets after it are still served."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def read(session: Session) -> str:
+        session.execute(text("SELECT 1"))
+        env.reset_sql()
+        return session.get(Hero, 1).name  # type: ignore[union-attr]
+
+    assert env.run(read) == "Spider"
+    assert env.statements == []
+
+
+def test_insert_then_get(env: Env) -> None:
+    """A missing row is not cached as missing: inserting it makes the next get find it."""
+    assert env.run(_name_of(7)) is None
+
+    def insert(session: Session) -> None:
+        session.add(Hero(id=7, name="New"))
+        session.commit()
+
+    env.run(insert)
+    assert env.run(_name_of(7)) == "New"
+
+
+def test_cache_false_bypasses_reads_and_fills(env: Env) -> None:
+    """``execution_options={"cache": False}`` goes to the database and stores nothing."""
+    _seed(env)
+    for _ in range(2):
+        env.run(lambda s: s.get(Hero, 1, execution_options={"cache": False}))
+    assert len(env.selects()) == 2
+    assert env.row_keys() == []
+    assert SQLModelCache.stats()["Hero"]["bypass:option"] == 2
+
+
+def test_cache_ttl_option_sets_the_entry_ttl(env: Env) -> None:
+    """``execution_options={"cache_ttl": 60}`` stores the entry for 60 s, not the model's 300."""
+    _seed(env)
+    env.run(lambda s: s.get(Hero, 1, execution_options={"cache_ttl": 60}))
+    [key] = env.row_keys()
+    remaining = env.ttl(key)
+    assert remaining is not None and 50 < remaining <= 60
+    env.run(_name_of(2))
+    [other] = [k for k in env.row_keys() if k != key]
+    remaining = env.ttl(other)
+    assert remaining is not None and 250 < remaining <= 300
+
+
+def test_invalid_cache_ttl_option_falls_back_to_the_database(env: Env) -> None:
+    """A bad per-call TTL is not an error on a read: the read bypasses the cache."""
+    _seed(env)
+    assert env.run(lambda s: s.get(Hero, 1, execution_options={"cache_ttl": -5}).name) == "Spider"  # type: ignore[union-attr]
+    assert env.row_keys() == []
+
+
+def test_bypasses_for_locking_refreshing_and_options(env: Env) -> None:
+    """populate_existing, with_for_update, loader options, refresh() and expired or deferred
+    attribute loads always read the database."""
+    _seed(env)
+    env.run(_name_of(1))  # cached
+
+    def reads(session: Session) -> None:
+        env.reset_sql()
+        session.get(Hero, 1, populate_existing=True)
+        session.expunge_all()
+        session.get(Hero, 1, with_for_update=True)
+        session.expunge_all()
+        session.get(Hero, 1, options=[selectinload(Hero.team)])  # type: ignore[arg-type]
+        assert len(env.selects()) >= 3
+        hero = session.get(Hero, 1)
+        env.reset_sql()
+        session.refresh(hero)
+        assert len(env.selects()) == 1
+        session.expire(hero, ["name"])
+        env.reset_sql()
+        assert hero.name == "Spider"  # type: ignore[union-attr]
+        assert len(env.selects()) == 1
+
+    env.run(reads)
+    bypasses = SQLModelCache.stats()["Hero"]
+    assert bypasses["bypass:populate_existing"] == 1
+    assert bypasses["bypass:statement_options"] == 2
+
+
+def test_deferred_column_loads_from_the_database(env: Env) -> None:
+    """A deferred column is not in the entry; reading it after a hit issues one SELECT."""
+
+    def seed(session: Session) -> None:
+        session.add(Document(id=1, title="Spec", body="long text"))
+        session.commit()
+
+    env.run(seed)
+    env.run(lambda s: s.get(Document, 1))
+
+    def read(session: Session) -> tuple[str, int, str, int]:
+        env.reset_sql()
+        doc = session.get(Document, 1)
+        assert doc is not None
+        title, after_get = doc.title, len(env.selects())
+        return title, after_get, doc.body, len(env.selects())
+
+    assert env.run(read) == ("Spec", 0, "long text", 1)
+
+
+def test_models_without_cache_config_are_never_cached(env: Env) -> None:
+    """Models without ``__cache_config__`` (or with ``enabled=False``) always read the DB."""
+
+    def seed(session: Session) -> None:
+        session.add(Note(id=1, text="n"))
+        session.add(Switched(id=1, text="s"))
+        session.commit()
+
+    env.run(seed)
+    for _ in range(2):
+        env.run(lambda s: (s.get(Note, 1), s.get(Switched, 1)))
+    assert len(env.selects()) == 4
+    assert env.row_keys() == []
+
+
+def test_other_key_spellings_bypass_instead_of_making_a_second_entry(env: Env) -> None:
+    """``get(Hero, "1")`` never creates a second entry that an invalidation of the canonical
+    key would miss: it bypasses the cache (a str UUID the drivers refuse anyway)."""
+    _seed(env)
+    gadget_id = uuid.uuid4()
+    env.run(lambda s: (s.add(Gadget(id=gadget_id, label="a")), s.commit()))
+    env.run(_name_of(1))
+    env.run(lambda s: s.get(Gadget, gadget_id))
+    keys = env.row_keys()
+    assert len(keys) == 2
+    if env.async_engine is None or env.db == "sqlite":  # asyncpg itself rejects "1" for an int
+        env.reset_sql()
+        assert env.run(_name_of("1")) == "Spider"
+        assert len(env.selects()) == 1
+        assert env.row_keys() == keys
+        assert SQLModelCache.stats()["Hero"]["bypass:key_type"] == 1
+
+    def relabel(session: Session) -> None:
+        session.get(Gadget, gadget_id).label = "b"  # type: ignore[union-attr]
+        session.commit()
+
+    env.run(relabel)
+    env.reset_sql()
+    assert env.run(lambda s: s.get(Gadget, gadget_id).label) == "b"  # type: ignore[union-attr]
+    assert len(env.selects()) == 1
+
+
+def test_composite_key(env: Env) -> None:
+    """Composite keys work as tuples and dicts and are invalidated on update."""
+    env.run(lambda s: (s.add(Membership(org="acme", user_id=1, role="dev")), s.commit()))
+    assert env.run(lambda s: s.get(Membership, ("acme", 1)).role) == "dev"  # type: ignore[union-attr]
+    env.reset_sql()
+    role = env.run(lambda s: s.get(Membership, {"org": "acme", "user_id": 1}).role)  # type: ignore[union-attr]
+    assert role == "dev"
+    assert env.statements == []
+
+    def promote(session: Session) -> None:
+        session.get(Membership, ("acme", 1)).role = "lead"  # type: ignore[union-attr]
+        session.commit()
+
+    env.run(promote)
+    assert env.run(lambda s: s.get(Membership, ("acme", 1)).role) == "lead"  # type: ignore[union-attr]
+
+
+def test_datetime_key(env: Env) -> None:
+    """A datetime primary key is cached and invalidated."""
+    at = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    env.run(lambda s: (s.add(Reading(at=at, value=1.5)), s.commit()))
+    assert env.run(lambda s: s.get(Reading, at).value) == 1.5  # type: ignore[union-attr]
+    env.reset_sql()
+    assert env.run(lambda s: s.get(Reading, at).value) == 1.5  # type: ignore[union-attr]
+    assert env.statements == []
+
+
+def test_every_column_type_round_trips_exactly(env: Env) -> None:
+    """A hit returns the same values, of the same types, as a database load."""
+    specimen_token = uuid.uuid4()
+
+    def seed(session: Session) -> None:
+        session.add(
+            Specimen(
+                id=1,
+                price=decimal.Decimal("12.3400"),
+                ratio=0.25,
+                flag=True,
+                blob=b"\x00\xffbytes",
+                color=Color.BLUE,
+                data={"a": [1, 2, {"b": None}]},
+                token=specimen_token,
+            )
+        )
+        session.commit()
+
+    env.run(seed)
+
+    def snapshot(session: Session) -> dict[str, object]:
+        specimen = session.get(Specimen, 1)
+        assert specimen is not None
+        return {key: getattr(specimen, key) for key in Specimen.model_fields}
+
+    from_db = env.run(snapshot)
+    env.reset_sql()
+    from_cache = env.run(snapshot)
+    assert env.statements == []
+    assert from_cache == from_db
+
+    def kind(value: object) -> type:
+        # asyncpg loads its own uuid.UUID subclass; the cache gives back uuid.UUID itself
+        return uuid.UUID if isinstance(value, uuid.UUID) else type(value)
+
+    assert {k: kind(v) for k, v in from_cache.items()} == {k: kind(v) for k, v in from_db.items()}
+
+
+def test_every_key_starts_with_the_prefix(env: Env) -> None:
+    """``key_prefix`` really prefixes every key the cache writes."""
+    _seed(env)
+    env.run(_name_of(1))
+    env.run(lambda s: (setattr(s.get(Hero, 2), "name", "x"), s.commit()))
+    keys = env.keys()
+    assert keys and all(key.startswith(env.prefix + ":") for key in keys)
+
+
+def test_async_session_get_directly(env: Env) -> None:
+    """``await AsyncSession.get()`` is served from the cache without SQL (async envs only;
+    in sync envs the same assertion runs on ``Session.get``)."""
+    _seed(env)
+    env.run(_name_of(1))
+    env.reset_sql()
+    if env.mode == "sync":
+        assert env.run(_name_of(1)) == "Spider"
+    else:
+        from sqlmodel.ext.asyncio.session import AsyncSession
+
+        async def read() -> str:
+            async with AsyncSession(env.async_engine) as session:
+                hero = await session.get(Hero, 1)
+                assert hero is not None
+                return hero.name
+
+        assert env.loop is not None
+        assert env.loop.run_until_complete(read()) == "Spider"
+    assert env.statements == []
