@@ -65,7 +65,9 @@ class SQLModelCache:
             raise ConfigurationError(f"max_entry_bytes must be at least 64, got {max_entry_bytes}")
         if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or lease_ttl <= 0:
             raise ConfigurationError(f"lease_ttl must be a positive number, got {lease_ttl!r}")
-        if signing_key is not None and (not isinstance(signing_key, bytes) or len(signing_key) < 16):
+        if signing_key is not None and (
+            not isinstance(signing_key, bytes) or len(signing_key) < 16
+        ):
             raise ConfigurationError("signing_key must be bytes of at least 16 bytes")
         driver = Driver(transport)
         settings = CacheSettings(

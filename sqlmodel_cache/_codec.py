@@ -194,7 +194,7 @@ class RowCodec:
     def encode(self, state_dict: dict[str, Any]) -> bytes:
         """JSON body of the values in ``state_dict``; raises :class:`Unsupported`."""
         values = []
-        for key, encoder in zip(self.attribute_keys, self.encoders):
+        for key, encoder in zip(self.attribute_keys, self.encoders, strict=False):
             if key not in state_dict:
                 raise Unsupported(f"{key} not loaded")
             value = state_dict[key]
@@ -215,7 +215,7 @@ class RowCodec:
                     values[index] = decoder(values[index])
         except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation):
             return None
-        return dict(zip(self.attribute_keys, values))
+        return dict(zip(self.attribute_keys, values, strict=False))
 
 
 # -- framing: tags + schema + (signature) + body ----------------------------------------

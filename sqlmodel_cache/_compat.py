@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 def await_only(awaitable: Awaitable[T]) -> T:
     """Run a coroutine from sync code running inside SQLAlchemy's greenlet (AsyncSession)."""
-    return _await_only(awaitable)  # type: ignore[no-any-return]
+    return _await_only(awaitable)
 
 
 def in_async_session_context() -> bool:
@@ -28,10 +28,10 @@ def in_async_session_context() -> bool:
     ``Session`` used from ordinary threads.
     """
     try:
-        import greenlet
+        from greenlet import getcurrent
     except ImportError:  # pragma: no cover - greenlet is required for AsyncSession anyway
         return False
-    return bool(getattr(greenlet.getcurrent(), "__sqlalchemy_greenlet_provider__", False))
+    return bool(getattr(getcurrent(), "__sqlalchemy_greenlet_provider__", False))
 
 
 def get_clause(mapper: Mapper[Any]) -> tuple[ClauseElement, tuple[str, ...]]:

@@ -76,7 +76,9 @@ class _EmulatedAtomic:
         self._transport.set(key, value, ttl)
         return True
 
-    def invalidate(self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes) -> None:
+    def invalidate(
+        self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+    ) -> None:
         if delete_keys:
             self._transport.delete(*delete_keys)
         for tag_key in tag_keys:
@@ -89,7 +91,7 @@ class _EmulatedAtomic:
 class Driver:
     """The transport as the core sees it: sync calls, atomic operations, one round trip each."""
 
-    def __init__(self, transport: object) -> None:
+    def __init__(self, transport: Any) -> None:
         missing = [name for name in _BASIC if not callable(getattr(transport, name, None))]
         if missing:
             raise ConfigurationError(
@@ -98,7 +100,7 @@ class Driver:
                 "RedisAsyncTransport(client) or an object with get/set/delete methods."
             )
         self.transport = transport
-        self.is_async = inspect.iscoroutinefunction(getattr(transport, "get"))
+        self.is_async = inspect.iscoroutinefunction(transport.get)
         self.is_atomic = all(callable(getattr(transport, name, None)) for name in _ATOMIC)
         ops: Any = _AwaitingFacade(transport) if self.is_async else transport
         self._ops: Any = ops if self.is_atomic else _EmulatedAtomic(ops)
@@ -122,7 +124,9 @@ class Driver:
     def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
         return bool(self._ops.fill(key, value, ttl, lease))
 
-    def invalidate(self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes) -> None:
+    def invalidate(
+        self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+    ) -> None:
         self._ops.invalidate(delete_keys, tag_keys, new_tag)
 
     def delete(self, *keys: str) -> None:

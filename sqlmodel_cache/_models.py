@@ -43,7 +43,7 @@ class ModelPlan:
         canonicalise (those reads bypass the cache rather than risk a second entry)."""
         if len(pk_values) != len(self.key_canonicalizers):
             raise Unsupported("primary key arity")
-        canonical = [canon(v) for canon, v in zip(self.key_canonicalizers, pk_values)]
+        canonical = [canon(v) for canon, v in zip(self.key_canonicalizers, pk_values, strict=False)]
         return _keys.row_key(self.table_prefix, encode_key_part(canonical))
 
 

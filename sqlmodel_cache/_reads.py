@@ -6,6 +6,7 @@ statement as usual; returning a ``Result`` answers it. Any doubt means ``None``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from sqlalchemy.engine import Result
@@ -159,10 +160,12 @@ def _materialize(session: Session, plan: ModelPlan, values: dict[str, Any]) -> o
     """A persistent instance built from cached values, exactly as if loaded (no validation,
     no merge copy); ``None`` if the session already holds that identity."""
     mapper = plan.mapper
-    identity = mapper.identity_key_from_primary_key([values[k] for k in plan.pk_attribute_keys])
+    identity = mapper.identity_key_from_primary_key(
+        tuple(values[k] for k in plan.pk_attribute_keys)
+    )
     if identity in session.identity_map:
         return None
-    instance = mapper.class_manager.new_instance()
+    instance: object = mapper.class_manager.new_instance()
     instance_state(instance).dict.update(values)
     make_transient_to_detached(instance)
     session.add(instance)
@@ -221,7 +224,6 @@ def _fill(
 
 
 def _forget(runtime: Runtime, key: str) -> None:
-    try:
+    # Best effort: if the delete fails too, the entry simply stays a miss.
+    with contextlib.suppress(Exception):
         runtime.driver.delete(key)
-    except Exception:  # noqa: BLE001, S110 - best effort: the entry stays a miss anyway
-        pass

@@ -97,7 +97,8 @@ class Env:
         if self.mode == "sync":
             with Session(self.engine) as session:
                 return body(session)
-        assert self.loop is not None and self.async_engine is not None
+        assert self.loop is not None
+        assert self.async_engine is not None
         return self.loop.run_until_complete(self._run_async(body))
 
     async def _run_async(self, body: Callable[[Session], T]) -> T:
@@ -114,7 +115,7 @@ class Env:
     def keys(self) -> list[str]:
         """Every cache key under this test's prefix."""
         if self.cache == "memory":
-            return sorted(k for k in self.transport.keys() if k.startswith(self.prefix))
+            return sorted(k for k in self.transport.keys() if k.startswith(self.prefix))  # noqa: SIM118
         assert self.inspect_client is not None
         return sorted(k.decode() for k in self.inspect_client.scan_iter(f"{self.prefix}:*"))
 
@@ -150,7 +151,14 @@ ENV_PARAMS = [
     for cache in ("memory", "redis")
     for db in ("sqlite", "postgres")
     for marks in [
-        [m for m, on in ((pytest.mark.redis, cache == "redis"), (pytest.mark.postgres, db == "postgres")) if on]
+        [
+            m
+            for m, on in (
+                (pytest.mark.redis, cache == "redis"),
+                (pytest.mark.postgres, db == "postgres"),
+            )
+            if on
+        ]
     ]
 ]
 

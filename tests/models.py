@@ -87,7 +87,9 @@ class Specimen(SQLModel, table=True):
     price: decimal.Decimal = Field(default=decimal.Decimal("0"), max_digits=12, decimal_places=4)
     ratio: float = 0.0
     flag: bool = False
-    created: dt.datetime = Field(default_factory=lambda: dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc))
+    created: dt.datetime = Field(
+        default_factory=lambda: dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
+    )
     day: dt.date = dt.date(2024, 1, 2)
     moment: dt.time = dt.time(12, 30, 15)
     span: dt.timedelta = dt.timedelta(days=1, seconds=2)

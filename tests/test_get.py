@@ -71,7 +71,8 @@ def test_hit_returns_a_persistent_instance_that_can_be_changed(env: Env) -> None
         hero = session.get(Hero, 1)
         assert hero is not None
         state = inspect(hero)
-        assert state.persistent and hero in session
+        assert state.persistent
+        assert hero in session
         assert session.get(Hero, 1) is hero  # identity map
         hero.power = 99
         session.commit()
@@ -89,7 +90,8 @@ def test_lazy_many_to_one_after_a_hit_loads_and_is_cached_too(env: Env) -> None:
 
     def team_name(session: Session) -> str:
         hero = session.get(Hero, 1)
-        assert hero is not None and hero.team is not None
+        assert hero is not None
+        assert hero.team is not None
         return hero.team.name
 
     assert env.run(team_name) == "Avengers"
@@ -320,11 +322,13 @@ def test_cache_ttl_option_sets_the_entry_ttl(env: Env) -> None:
     env.run(lambda s: s.get(Hero, 1, execution_options={"cache_ttl": 60}))
     [key] = env.row_keys()
     remaining = env.ttl(key)
-    assert remaining is not None and 50 < remaining <= 60
+    assert remaining is not None
+    assert 50 < remaining <= 60
     env.run(_name_of(2))
     [other] = [k for k in env.row_keys() if k != key]
     remaining = env.ttl(other)
-    assert remaining is not None and 250 < remaining <= 300
+    assert remaining is not None
+    assert 250 < remaining <= 300
 
 
 def test_invalid_cache_ttl_option_falls_back_to_the_database(env: Env) -> None:
@@ -497,7 +501,8 @@ def test_every_key_starts_with_the_prefix(env: Env) -> None:
     env.run(_name_of(1))
     env.run(lambda s: (setattr(s.get(Hero, 2), "name", "x"), s.commit()))
     keys = env.keys()
-    assert keys and all(key.startswith(env.prefix + ":") for key in keys)
+    assert keys
+    assert all(key.startswith(env.prefix + ":") for key in keys)
 
 
 def test_async_session_get_directly(env: Env) -> None:

@@ -105,7 +105,9 @@ class MemoryTransport:
             self._write(key, value, ttl)
             return True
 
-    def invalidate(self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes) -> None:
+    def invalidate(
+        self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+    ) -> None:
         with self._lock:
             for key in delete_keys:
                 self._data.pop(key, None)

@@ -92,7 +92,9 @@ class AtomicCacheTransport(CacheTransport, Protocol):
     def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
         """Atomically store ``value`` for ``ttl`` seconds if ``key`` still holds ``lease``."""
 
-    def invalidate(self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes) -> None:
+    def invalidate(
+        self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+    ) -> None:
         """Atomically delete ``delete_keys`` and set every key of ``tag_keys`` to ``new_tag``."""
 
 

@@ -16,7 +16,7 @@ from sqlmodel_cache.transport._protocols import Fetched
 
 
 def _script_source(name: str) -> str:
-    return resources.files("sqlmodel_cache.transport").joinpath("lua", name).read_text("utf-8")
+    return resources.files("sqlmodel_cache.transport").joinpath(f"lua/{name}").read_text("utf-8")
 
 
 _SCRIPTS = ("fetch", "fill", "invalidate")
@@ -95,7 +95,9 @@ class RedisSyncTransport:
     def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
         return bool(self._fill(keys=[key], args=[lease, value, ttl]))
 
-    def invalidate(self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes) -> None:
+    def invalidate(
+        self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+    ) -> None:
         if delete_keys or tag_keys:
             self._invalidate(keys=[*delete_keys, *tag_keys], args=[len(delete_keys), new_tag])
 

@@ -1,0 +1,193 @@
+"""The atomic transport contract, run against every built-in transport on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from sqlmodel_cache import ConfigurationError
+from sqlmodel_cache._driver import Driver
+from sqlmodel_cache.transport import (
+    AsyncCacheTransport,
+    AtomicCacheTransport,
+    CacheTransport,
+    MemoryTransport,
+    RedisAsyncTransport,
+    RedisSyncTransport,
+)
+from tests import servers
+
+SCHEMA = b"1" + b"a" * 15
+TAG_A = b"0" * 16
+TAG_B = b"1" * 16
+
+
+class SyncView:
+    """Calls a transport's methods synchronously, whether it is sync or async."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.transport = transport
+        self.loop = loop
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.transport, name)
+        if self.loop is None:
+            return method  # type: ignore[no-any-return]
+        loop = self.loop
+        return lambda *args: loop.run_until_complete(method(*args))
+
+
+@pytest.fixture(params=["memory", "redis-sync", "redis-async"])
+def store(request: pytest.FixtureRequest) -> Iterator[SyncView]:
+    """Each built-in transport, driven synchronously."""
+    if request.param == "memory":
+        yield SyncView(MemoryTransport(), None)
+        return
+    server: servers.RedisServer = request.getfixturevalue("redis_server")
+    redis.Redis.from_url(server.url).flushdb()
+    if request.param == "redis-sync":
+        client = redis.Redis.from_url(server.url)
+        yield SyncView(RedisSyncTransport(client), None)
+        client.close()
+        return
+    loop = asyncio.new_event_loop()
+    async_client = redis.asyncio.Redis.from_url(server.url)
+    yield SyncView(RedisAsyncTransport(async_client), loop)
+    loop.run_until_complete(async_client.aclose())
+    loop.close()
+
+
+def _fetch(store: SyncView, lease: bytes = b"Lmine", tag: bytes = TAG_A) -> Any:
+    return store.fetch("k", ["tag"], SCHEMA, tag, lease, 5000)
+
+
+def test_basic_get_set_delete(store: SyncView) -> None:
+    """get/set/delete behave as the 0.1.1 protocol says, with TTLs."""
+    assert store.get("x") is None
+    store.set("x", b"value", 60)
+    assert store.get("x") == b"value"
+    store.delete("x", "missing")
+    assert store.get("x") is None
+
+
+def test_fetch_on_empty_key_creates_tags_and_grants_the_lease(store: SyncView) -> None:
+    """An empty key is leased to the first reader; a missing tag is created."""
+    fetched = _fetch(store)
+    assert fetched.entry is None
+    assert fetched.leased
+    assert fetched.tags == (TAG_A,)
+    assert store.get("tag") == TAG_A
+    assert store.get("k") == b"Lmine"
+
+
+def test_second_reader_does_not_get_the_lease(store: SyncView) -> None:
+    """While a lease is held, other readers miss without a lease (one filler per key)."""
+    _fetch(store, b"Lfirst")
+    fetched = _fetch(store, b"Lsecond")
+    assert fetched.entry is None
+    assert not fetched.leased
+    assert not store.fill("k", TAG_A + SCHEMA + b"[1]", 60, b"Lsecond")
+
+
+def test_fill_with_the_lease_then_hit(store: SyncView) -> None:
+    """The lease holder's fill is stored; the next fetch returns it."""
+    fetched = _fetch(store)
+    entry = b"".join(fetched.tags) + SCHEMA + b"[1]"
+    assert store.fill("k", entry, 60, b"Lmine")
+    assert _fetch(store, b"Lother") == (entry, False, ())
+
+
+def test_invalidation_between_fetch_and_fill_drops_the_fill(store: SyncView) -> None:
+    """The classic race: a value read before a commit's invalidation is never stored."""
+    fetched = _fetch(store)
+    store.invalidate(["k"], [], TAG_B)
+    assert not store.fill("k", b"".join(fetched.tags) + SCHEMA + b"[old]", 60, b"Lmine")
+    assert store.get("k") is None
+
+
+def test_tag_change_makes_entries_stale_and_reclaimable(store: SyncView) -> None:
+    """After a tag moves, an entry under the old tag is a miss and its key is re-leased."""
+    fetched = _fetch(store)
+    store.fill("k", b"".join(fetched.tags) + SCHEMA + b"[1]", 60, b"Lmine")
+    store.invalidate([], ["tag"], TAG_B)
+    refetched = _fetch(store, b"Lnext")
+    assert refetched.entry is None
+    assert refetched.leased
+    assert refetched.tags == (TAG_B,)
+
+
+def test_other_schema_is_a_miss(store: SyncView) -> None:
+    """An entry written by another app version (other schema id) is never returned."""
+    fetched = _fetch(store)
+    store.fill("k", b"".join(fetched.tags) + b"1" + b"b" * 15 + b"[1]", 60, b"Lmine")
+    assert _fetch(store, b"Lnext").entry is None
+
+
+def test_fill_sets_the_ttl(store: SyncView) -> None:
+    """A filled entry expires after its TTL."""
+    _fetch(store)
+    store.fill("k", TAG_A + SCHEMA + b"[1]", 1, b"Lmine")
+    time.sleep(1.2)
+    assert store.get("k") is None
+
+
+def test_expired_lease_lets_the_next_reader_lease(store: SyncView) -> None:
+    """A lease is short-lived: a reader that died does not block fills for long."""
+    store.fetch("k", ["tag"], SCHEMA, TAG_A, b"Ldead", 50)
+    time.sleep(0.2)
+    assert _fetch(store).leased
+
+
+def test_builtin_transports_satisfy_the_protocols() -> None:
+    """The built-in classes are structural implementations of the public protocols."""
+    assert isinstance(MemoryTransport(), AtomicCacheTransport)
+    assert isinstance(MemoryTransport(), CacheTransport)
+    assert issubclass(RedisAsyncTransport, AsyncCacheTransport)
+
+
+def test_memory_transport_is_bounded() -> None:
+    """Past max_entries the least recently used key is evicted."""
+    transport = MemoryTransport(max_entries=2)
+    transport.set("a", b"1", 60)
+    transport.set("b", b"2", 60)
+    transport.get("a")
+    transport.set("c", b"3", 60)
+    assert transport.keys() == ["a", "c"]
+    assert len(transport) == 2
+    transport.clear()
+    assert transport.keys() == []
+
+
+def test_memory_transport_rejects_bad_sizes() -> None:
+    """A non-positive bound is a configuration error."""
+    with pytest.raises(ConfigurationError):
+        MemoryTransport(max_entries=0)
+
+
+def test_redis_transport_refuses_decode_responses(redis_server: servers.RedisServer) -> None:
+    """decode_responses=True would corrupt bytes entries: refused with the fix in the message."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisSyncTransport(client)
+    async_client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisAsyncTransport(async_client)
+    client.close()
+
+
+def test_redis_transport_refuses_non_clients() -> None:
+    """Passing something that is not a redis-py client fails at construction."""
+    with pytest.raises(ConfigurationError, match="redis-py client"):
+        RedisSyncTransport(object())
+
+
+def test_driver_refuses_non_transports() -> None:
+    """An object without get/set/delete is not a transport."""
+    with pytest.raises(ConfigurationError, match="lacks get, set, delete"):
+        Driver(object())
