@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+from sqlalchemy import Delete, Insert, TableClause, TextClause, Update
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.sql import Delete, Insert, TableClause, TextClause, Update
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported

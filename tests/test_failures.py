@@ -412,3 +412,59 @@ def test_concurrent_commit_during_a_miss_never_leaves_a_stale_entry(
         assert session.get(Hero, 1).name == "New"  # type: ignore[union-attr]
     client.close()
     engine.dispose()
+
+
+def test_async_reads_fail_open_on_a_dead_redis(tmp_path: Any) -> None:
+    """AsyncSession + RedisAsyncTransport on an unreachable Redis: reads come from the
+    database and commits succeed; the application sees no cache exception."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
+    from tests.models import METADATAS
+
+    async def scenario() -> list[str]:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'dead.db'}")
+        async with engine.begin() as connection:
+            for metadata in METADATAS:
+                await connection.run_sync(metadata.create_all)
+        client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5)
+        SQLModelCache.configure(RedisAsyncTransport(client), key_prefix="dead")
+        names = []
+        async with AsyncSession(engine) as session:
+            session.add(Hero(id=1, name="Spider"))
+            await session.commit()
+        for _ in range(2):
+            async with AsyncSession(engine) as session:
+                hero = await session.get(Hero, 1)
+                assert hero is not None
+                names.append(hero.name)
+        await client.aclose()
+        await engine.dispose()
+        return names
+
+    assert asyncio.run(scenario()) == ["Spider", "Spider"]
+    stats = SQLModelCache.stats()
+    assert stats["Hero"]["errors"] == 2
+    assert stats["*"]["invalidation_errors"] == 1
+
+
+def test_a_commit_invalidates_many_rows_in_one_transport_call(mem_env: Env) -> None:
+    """W1: however many rows a commit changed, invalidation is one transport call."""
+    mem_env.run(lambda s: (s.add_all([Hero(id=i, name=f"h{i}") for i in range(1, 51)]), s.commit()))
+    counting = Flaky(mem_env.transport)
+    _reconfigure(mem_env, counting)
+    for i in range(1, 51):
+        mem_env.run(lambda s, i=i: s.get(Hero, i))
+    assert len(mem_env.row_keys()) == 50
+
+    def update_all(session: Session) -> None:
+        for i in range(1, 51):
+            session.get(Hero, i).power = i  # type: ignore[union-attr]
+        counting.calls = 0
+        session.commit()
+        assert counting.calls == 1
+
+    mem_env.run(update_all)
+    assert mem_env.row_keys() == []
