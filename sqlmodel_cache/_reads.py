@@ -60,8 +60,7 @@ def _bypass_reason(
         return "statement_options"
     if identity_token_of(state.load_options) is not None:
         return "identity_token"
-    tracker = tracker_of(state.session)
-    if tracker is not None and tracker.blocks(plan.table_name):
+    if _own_writes_block(state.session, plan):
         return "own_writes"
     return None
 
@@ -132,9 +131,16 @@ def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
 
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()
-    if fetched.leased:
+    # NOTE: SQLAlchemy autoflushes inside invoke_statement(), after this listener started:
+    # if that flush wrote the table, the row just read may be uncommitted. Check again.
+    if fetched.leased and not _own_writes_block(state.session, plan):
         _fill(runtime, state, plan, key, fetched.tags, lease, frozen.data, ttl or 1)
     return frozen()
+
+
+def _own_writes_block(session: Session, plan: ModelPlan) -> bool:
+    tracker = tracker_of(session)
+    return tracker is not None and tracker.blocks(plan.table_name)
 
 
 def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> dict[str, Any] | None:

@@ -199,6 +199,23 @@ def test_reads_inside_a_writing_transaction_bypass_the_cache(env: Env) -> None:
     assert SQLModelCache.stats()["Hero"]["bypass:own_writes"] == 2
 
 
+def test_autoflushed_pending_row_is_never_cached(env: Env) -> None:
+    """A get that autoflushes a pending INSERT reads an uncommitted row: it must not be
+    stored, so after the rollback the row does not exist for anyone."""
+
+    def add_get_roll_back(session: Session) -> str:
+        session.add(Hero(id=9, name="Pending"))
+        hero = session.get(Hero, 9)  # autoflush inside the get, then SELECT
+        assert hero is not None
+        name = hero.name
+        session.rollback()
+        return name
+
+    assert env.run(add_get_roll_back) == "Pending"
+    assert env.row_keys() == [] or all(env.raw_get(k)[:1] == b"L" for k in env.row_keys())  # type: ignore[index]
+    assert env.run(_name_of(9)) is None
+
+
 def test_released_savepoint_is_invalidated_at_commit(env: Env) -> None:
     """Writes in a released savepoint are invalidated by the outer commit."""
     _seed(env)
