@@ -1,7 +1,8 @@
 """Thin shells: the SQLAlchemy session events, wired to the read and write paths.
 
-Installed on the ``Session`` class by ``configure()`` (so every ``Session``, SQLModel's and
-the one inside every ``AsyncSession``, is covered) and removed by ``reset()``.
+Installed on the ``Session`` and ``Engine`` classes by ``configure()`` (so every ``Session``,
+SQLModel's and the one inside every ``AsyncSession``, and every engine are covered) and
+removed by ``reset()``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -18,12 +19,24 @@ from sqlmodel_cache import _reads, _state, _writes
 
 def _on_do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
     runtime = _state.runtime
-    if runtime is None:
+    if runtime is None or not state.is_select:
         return None
-    if state.is_select:
-        return _reads.serve_get(runtime, state)
-    _writes.note_statement(runtime, state)
-    return None
+    return _reads.serve_get(runtime, state)
+
+
+def _on_after_begin(session: Session, transaction: Any, connection: Connection) -> None:
+    if _state.runtime is not None:
+        _writes.after_begin(session, connection)
+
+
+def _on_before_cursor_execute(
+    connection: Connection, cursor: Any, sql: str, parameters: Any, context: Any, many: bool
+) -> None:
+    runtime = _state.runtime
+    if runtime is not None:
+        compiled = getattr(context, "compiled", None)
+        statement = sql if compiled is None else compiled.statement
+        _writes.before_execute(runtime, connection, statement)
 
 
 def _on_before_flush(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
@@ -52,8 +65,9 @@ def _on_after_transaction_end(session: Session, transaction: Any) -> None:
     _writes.after_transaction_end(session, transaction)
 
 
-_LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
+_SESSION_LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("do_orm_execute", _on_do_orm_execute),
+    ("after_begin", _on_after_begin),
     ("before_flush", _on_before_flush),
     ("after_flush", _on_after_flush),
     ("after_flush_postexec", _on_after_flush_postexec),
@@ -62,15 +76,30 @@ _LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
 )
 
 
+# Statements on a session's connection are seen here, whether or not they went through
+# session.execute(): that is how session.connection().execute(update(...)) is noticed.
+# before_cursor_execute, because exec_driver_sql() skips before_execute.
+_ENGINE_LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("before_cursor_execute", _on_before_cursor_execute),
+)
+
+_TARGETS: tuple[tuple[type, tuple[tuple[str, Callable[..., Any]], ...]], ...] = (
+    (Session, _SESSION_LISTENERS),
+    (Engine, _ENGINE_LISTENERS),
+)
+
+
 def install() -> None:
     """Add the listeners (idempotent)."""
-    for name, listener in _LISTENERS:
-        if not event.contains(Session, name, listener):
-            event.listen(Session, name, listener)
+    for target, listeners in _TARGETS:
+        for name, listener in listeners:
+            if not event.contains(target, name, listener):
+                event.listen(target, name, listener)
 
 
 def uninstall() -> None:
     """Remove the listeners (idempotent)."""
-    for name, listener in _LISTENERS:
-        if event.contains(Session, name, listener):
-            event.remove(Session, name, listener)
+    for target, listeners in _TARGETS:
+        for name, listener in listeners:
+            if event.contains(target, name, listener):
+                event.remove(target, name, listener)

@@ -10,13 +10,16 @@ invalidates everything in it in one transport call, after the database commit an
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Delete, Insert, TableClause, TextClause, Update
-from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+from sqlalchemy import Connection, TableClause, TextClause
+from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql.dml import UpdateBase
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
@@ -75,25 +78,12 @@ def before_flush(session: Session) -> None:
 
 
 def after_flush(runtime: Runtime, session: Session, flush_context: UOWTransaction) -> None:
-    """Record every row and table the flush wrote (``session.new/dirty/deleted`` still hold
-    the pre-flush lists here)."""
+    """Record the cached rows the flush updated or deleted (``session.dirty/deleted`` still
+    hold the pre-flush lists here). Tables are recorded by :func:`before_execute`."""
     tracker = _tracker(session)
-    prefix = runtime.settings.key_prefix
-    new = session.new
-    for instance in chain(new, session.dirty, session.deleted):
+    for instance in chain(session.dirty, session.deleted):
         state = instance_state(instance)
-        mapper = state.mapper
-        for table in mapper.tables:
-            name = _table_name(table)
-            if name is not None:
-                tracker.note_table(prefix, name, all_rows=False)
-        for relationship in mapper.relationships:
-            name = _table_name(relationship.secondary)
-            if name is not None:
-                tracker.note_table(prefix, name, all_rows=False)
-        if instance in new:
-            continue
-        plan = runtime.registry.plan_for(mapper)
+        plan = runtime.registry.plan_for(state.mapper)
         if plan is None:
             continue
         identities = [state.key[1]] if state.key is not None else []
@@ -103,35 +93,47 @@ def after_flush(runtime: Runtime, session: Session, flush_context: UOWTransactio
             try:
                 tracker.row_keys.add(plan.row_key_for(identity))
             except Unsupported:
-                tracker.note_table(prefix, plan.table_name, all_rows=True)
+                tracker.note_table(runtime.settings.key_prefix, plan.table_name, all_rows=True)
 
 
 def after_flush_postexec(session: Session) -> None:
     _tracker(session).flushing = False
 
 
-def note_statement(runtime: Runtime, state: ORMExecuteState) -> None:
-    """Record a non-SELECT statement run through the session (bulk DML, Core DML, text)."""
-    statement = state.statement
-    prefix = runtime.settings.key_prefix
-    if isinstance(statement, (Insert, Update, Delete)):
-        tracker = _tracker(state.session)
-        tables: list[Any] = [statement.table]
-        for mapper in state.all_mappers:
-            tables.extend(mapper.tables)
-        for table in tables:
-            name = _table_name(table) if isinstance(table, TableClause) else None
-            if name is None:
-                tracker.unknown_writes = True
-            else:
-                # Bulk statements may change any row: the table's row tag moves (O(1)).
-                tracker.note_table(prefix, name, all_rows=True)
+# The connection each session transaction runs on -> that session. Weak on both sides:
+# a connection ends with its transaction, and a session may be dropped without closing.
+_sessions_by_connection: WeakKeyDictionary[Connection, weakref.ref[Session]] = WeakKeyDictionary()
+
+
+def after_begin(session: Session, connection: Connection) -> None:
+    _sessions_by_connection[connection] = weakref.ref(session)
+
+
+def before_execute(runtime: Runtime, connection: Connection, statement: object) -> None:
+    """Record what a statement on a session's connection may write, before it runs.
+
+    Every write passes here: ORM flushes, ORM bulk DML, Core DML and text through
+    ``session.execute()``, and statements run on ``session.connection()`` directly.
+    """
+    ref = _sessions_by_connection.get(connection)
+    session = None if ref is None else ref()
+    if session is None or getattr(statement, "is_select", False):
         return
-    if isinstance(statement, TextClause):
-        words = statement.text.lstrip().split(None, 1)
+    if isinstance(statement, (TextClause, str)):
+        sql = statement.text if isinstance(statement, TextClause) else statement
+        words = sql.lstrip().split(None, 1)
         if words and words[0].upper() in _READ_ONLY_TEXT:
             return
-    _tracker(state.session).unknown_writes = True
+    tracker = _tracker(session)
+    table = getattr(statement, "table", None) if isinstance(statement, UpdateBase) else None
+    name = _table_name(table) if isinstance(table, TableClause) else None
+    if name is None:
+        # Raw SQL, DDL, or DML on something that is not a table: we cannot say what it wrote.
+        tracker.unknown_writes = True
+        return
+    # A flush's rows are invalidated one by one (after_flush); any other statement may have
+    # changed any row, so the table's row tag moves too (O(1) for the whole table).
+    tracker.note_table(runtime.settings.key_prefix, name, all_rows=not tracker.flushing)
 
 
 def after_commit(runtime: Runtime, session: Session) -> None:
@@ -176,6 +178,14 @@ def after_commit(runtime: Runtime, session: Session) -> None:
 
 
 def after_transaction_end(session: Session, transaction: Any) -> None:
-    """The outermost transaction ended without a commit (rollback or close): forget it."""
+    """The outermost transaction ended without a commit (rollback or close): forget it.
+
+    Any ending transaction also ends a flush: a flush that failed never reached
+    ``after_flush_postexec``, and the statements after it are not part of it."""
+    tracker = tracker_of(session)
+    if tracker is None:
+        return
     if transaction.parent is None:
         session.info.pop(TRACKER_KEY, None)
+    else:
+        tracker.flushing = False

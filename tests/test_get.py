@@ -283,6 +283,60 @@ def test_core_update_through_the_session_invalidates(env: Env) -> None:
     assert env.run(_name_of(1)) == "Core"
 
 
+def test_core_dml_on_the_session_connection_is_seen(env: Env) -> None:
+    """``session.connection().execute(update(...))`` bypasses the session's events but not
+    the cache: gets in that transaction bypass it, and the commit invalidates the table."""
+    _seed(env)
+    env.run(_name_of(1))
+    env.run(_name_of(2))
+
+    def direct(session: Session) -> None:
+        table = Hero.__table__  # type: ignore[attr-defined]
+        session.connection().execute(update(table).where(table.c.id == 1).values(name="Direct"))
+        session.expunge_all()
+        env.reset_sql()
+        assert session.get(Hero, 1).name == "Direct"  # type: ignore[union-attr]
+        assert len(env.selects()) == 1  # uncommitted: read from the database, not stored
+        session.commit()
+
+    env.run(direct)
+    assert env.run(_name_of(1)) == "Direct"
+    assert env.run(_name_of(2)) == "Iron"
+
+
+def test_driver_sql_on_the_session_connection_rolls_back_cleanly(env: Env) -> None:
+    """Raw driver SQL that is rolled back leaves no trace in the cache."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def raw_then_roll_back(session: Session) -> None:
+        session.connection().exec_driver_sql("UPDATE hero SET name = 'Ghost' WHERE id = 1")
+        session.expunge_all()
+        assert session.get(Hero, 1).name == "Ghost"  # type: ignore[union-attr]
+        session.rollback()
+
+    env.run(raw_then_roll_back)
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Spider"
+    assert env.statements == []  # the committed entry is still there and still right
+
+
+def test_a_row_update_leaves_other_cached_rows_alone(env: Env) -> None:
+    """Row-level invalidation: updating hero 1 keeps hero 2's entry (a flush is not bulk)."""
+    _seed(env)
+    env.run(_name_of(1))
+    env.run(_name_of(2))
+
+    def rename(session: Session) -> None:
+        session.get(Hero, 1).name = "Changed"  # type: ignore[union-attr]
+        session.commit()
+
+    env.run(rename)
+    env.reset_sql()
+    assert env.run(_name_of(2)) == "Iron"
+    assert env.statements == []
+
+
 def test_text_dml_through_the_session_invalidates_every_cached_table(env: Env) -> None:
     """Raw SQL writes cannot be attributed to a table, so the commit invalidates them all."""
     _seed(env)
