@@ -47,11 +47,10 @@ def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tupl
     return plan, pk
 
 
-def _bypass_reason(
-    runtime: Runtime, state: ORMExecuteState, plan: ModelPlan, statement: Select[Any]
-) -> str | None:
+def _bypass_reason(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) -> str | None:
     """Why this get must go to the database (SPEC R3), or ``None`` when the cache may serve it."""
     options = state.execution_options
+    statement: Select[Any] = state.statement  # type: ignore[assignment]
     if options.get("cache", True) is False:
         return "option"
     if options.get("populate_existing") or state.load_options._populate_existing:
@@ -62,16 +61,33 @@ def _bypass_reason(
         return "identity_token"
     if _own_writes_block(state.session, plan):
         return "own_writes"
+    if _entry_ttl(runtime, state, plan) is None:
+        runtime.stats.warn("cache_ttl", "execution option cache_ttl must be a positive int")
+        return "invalid_option"
+    if not runtime.driver.usable_here():
+        runtime.stats.warn(
+            "async_in_sync",
+            "a sync Session cannot use the async transport %s: reads bypass the cache",
+            type(runtime.driver.transport).__name__,
+        )
+        return "async_transport_in_sync_session"
     return None
 
 
 def _entry_ttl(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) -> int | None:
+    """The TTL for this call's entry: the ``cache_ttl`` option, the model's, the default;
+    ``None`` for an invalid option."""
     ttl = state.execution_options.get("cache_ttl")
     if ttl is None:
         return plan.config.ttl or runtime.settings.default_ttl
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         return None
     return ttl
+
+
+def _own_writes_block(session: Session, plan: ModelPlan) -> bool:
+    tracker = tracker_of(session)
+    return tracker is not None and tracker.blocks(plan.table_name)
 
 
 def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
@@ -82,19 +98,7 @@ def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
     plan, pk = matched
     model = plan.mapper.class_.__name__
     stats = runtime.stats
-    statement: Select[Any] = state.statement  # type: ignore[assignment]
-    reason = _bypass_reason(runtime, state, plan, statement)
-    ttl = _entry_ttl(runtime, state, plan)
-    if reason is None and ttl is None:
-        reason = "invalid_option"
-        stats.warn("cache_ttl", "execution option cache_ttl must be a positive int; not cached")
-    if reason is None and not runtime.driver.usable_here():
-        reason = "async_transport_in_sync_session"
-        stats.warn(
-            reason,
-            "a sync Session cannot use the async transport %s: reads bypass the cache",
-            type(runtime.driver.transport).__name__,
-        )
+    reason = _bypass_reason(runtime, state, plan)
     if reason is None:
         try:
             key = plan.row_key_for(pk)
@@ -134,13 +138,10 @@ def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
     # NOTE: SQLAlchemy autoflushes inside invoke_statement(), after this listener started:
     # if that flush wrote the table, the row just read may be uncommitted. Check again.
     if fetched.leased and not _own_writes_block(state.session, plan):
-        _fill(runtime, state, plan, key, fetched.tags, lease, frozen.data, ttl or 1)
+        ttl = _entry_ttl(runtime, state, plan)
+        assert ttl is not None  # checked by _bypass_reason
+        _fill(runtime, plan, key, fetched.tags, lease, frozen.data, ttl)
     return frozen()
-
-
-def _own_writes_block(session: Session, plan: ModelPlan) -> bool:
-    tracker = tracker_of(session)
-    return tracker is not None and tracker.blocks(plan.table_name)
 
 
 def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> dict[str, Any] | None:
@@ -189,7 +190,6 @@ def _single_result(plan: ModelPlan, instance: object) -> Result[Any]:
 
 def _fill(
     runtime: Runtime,
-    state: ORMExecuteState,
     plan: ModelPlan,
     key: str,
     tags: tuple[bytes, ...],
