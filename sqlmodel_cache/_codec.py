@@ -86,7 +86,7 @@ def _finite_float(value: Any) -> Any:
 
 
 def _timedelta_parts(value: dt.timedelta) -> list[int]:
-    return [value.days, value.seconds, value.microseconds]
+    return [value.days, value.seconds, value.microseconds]  # timedelta(days, seconds, us)
 
 
 def _enum_codec(kind: type[enum.Enum]) -> tuple[Encoder, Decoder]:
@@ -95,27 +95,42 @@ def _enum_codec(kind: type[enum.Enum]) -> tuple[Encoder, Decoder]:
             raise Unsupported(kind.__name__)
         return value.name
 
-    return encode, kind.__getitem__
+    return encode, _from_str(kind.__getitem__)
 
 
-# Python type -> (encoder, decoder). A decoder of None means "JSON gives it back as is".
-_CODECS: dict[type, tuple[Encoder, Decoder | None]] = {
-    int: (_exact(int), None),
-    str: (_exact(str), None),
-    bool: (_exact(bool), None),
-    float: (_finite_float, None),
-    dt.datetime: (_exact_then(dt.datetime, dt.datetime.isoformat), dt.datetime.fromisoformat),
-    dt.date: (_exact_then(dt.date, dt.date.isoformat), dt.date.fromisoformat),
-    dt.time: (_exact_then(dt.time, dt.time.isoformat), dt.time.fromisoformat),
+def _from_str(convert: Decoder) -> Decoder:
+    """A decoder that accepts only a JSON string (a forged number or list is corrupt)."""
+
+    def decode(value: Any) -> Any:
+        if type(value) is not str:
+            raise Unsupported("expected a string")
+        return convert(value)
+
+    return decode
+
+
+# Python type -> (encoder, decoder). Decoders also check the JSON type they get, so an
+# entry with a value of the wrong type is rejected as corrupt, never returned as data.
+_CODECS: dict[type, tuple[Encoder, Decoder]] = {
+    int: (_exact(int), _exact(int)),
+    str: (_exact(str), _exact(str)),
+    bool: (_exact(bool), _exact(bool)),
+    float: (_finite_float, _finite_float),
+    dt.datetime: (
+        _exact_then(dt.datetime, dt.datetime.isoformat),
+        _from_str(dt.datetime.fromisoformat),
+    ),
+    dt.date: (_exact_then(dt.date, dt.date.isoformat), _from_str(dt.date.fromisoformat)),
+    dt.time: (_exact_then(dt.time, dt.time.isoformat), _from_str(dt.time.fromisoformat)),
     dt.timedelta: (
         _exact_then(dt.timedelta, _timedelta_parts),
-        lambda parts: dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2]),
+        lambda parts: dt.timedelta(*map(_exact(int), parts)),
     ),
-    uuid.UUID: (_uuid_str, uuid.UUID),
-    decimal.Decimal: (_exact_then(decimal.Decimal, str), decimal.Decimal),
+    uuid.UUID: (_uuid_str, _from_str(uuid.UUID)),
+    decimal.Decimal: (_exact_then(decimal.Decimal, str), _from_str(decimal.Decimal)),
     bytes: (
         _exact_then(bytes, lambda value: base64.b64encode(value).decode("ascii")),
-        base64.b64decode,
+        _from_str(lambda text: base64.b64decode(text, validate=True)),
     ),
 }
 
@@ -213,7 +228,7 @@ class RowCodec:
             for index, decoder in self.decoders:
                 if values[index] is not None:
                     values[index] = decoder(values[index])
-        except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation):
+        except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
             return None
         return dict(zip(self.attribute_keys, values, strict=False))
 

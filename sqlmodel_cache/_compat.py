@@ -6,10 +6,10 @@ suite runs on both versions (see ``noxfile.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.util import await_only as _await_only
 
@@ -65,6 +65,19 @@ def has_plain_shape(statement: Select[Any]) -> bool:
         or statement._having_criteria
         or statement._distinct
     )
+
+
+def flushed_states(flush_context: UOWTransaction) -> Iterator[InstanceState[Any]]:
+    """Every object whose own row the flush inserted, updated or deleted, cascades and
+    delete-orphans included (``session.new/dirty/deleted`` miss the orphans)."""
+    for state, (_isdelete, listonly) in flush_context.states.items():
+        if not listonly:
+            yield state
+
+
+def autoflush(session: Session) -> None:
+    """Flush pending changes if the session autoflushes, as a SELECT would (no-op if clean)."""
+    session._autoflush()
 
 
 def identity_token_of(load_options: Any) -> Any:

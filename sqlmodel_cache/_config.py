@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlmodel_cache._errors import ConfigurationError
 
@@ -55,4 +55,4 @@ class CacheSettings:
     enabled: bool = True
     max_entry_bytes: int = 1_048_576
     lease_ttl: float = 5.0
-    signing_key: bytes | None = None
+    signing_key: bytes | None = field(default=None, repr=False)

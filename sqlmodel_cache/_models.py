@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Column
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql import ClauseElement
 
@@ -57,13 +58,14 @@ def _build_plan(mapper: Mapper[Any], config: CacheConfig, prefix: str) -> ModelP
     table_name = getattr(table, "fullname", None)
     if not isinstance(table_name, str):
         raise Unsupported("mapped to something other than a table")
-    columns = [
-        (prop.key, prop.columns[0].type)
-        for prop in mapper.column_attrs
-        if not prop.deferred and len(prop.columns) == 1
-    ]
-    if any(len(prop.columns) != 1 for prop in mapper.column_attrs):
-        raise Unsupported("a column property spans several columns")
+    loaded = [prop for prop in mapper.column_attrs if not prop.deferred]
+    for prop in loaded:
+        column = prop.columns[0]
+        if len(prop.columns) != 1 or not isinstance(column, Column) or column.table is not table:
+            # A SQL-expression column_property (a count, a join) changes when other rows
+            # change, which no invalidation of this row sees: defer it or leave it uncached.
+            raise Unsupported(f"column_property {prop.key!r} is not a column of {table_name}")
+    columns = [(prop.key, prop.columns[0].type) for prop in loaded]
     codec = RowCodec.build(table_name, columns)
     canonicalizers = tuple(key_canonicalizer(column.type) for column in mapper.primary_key)
     clause, param_keys = get_clause(mapper)

@@ -17,7 +17,7 @@ from sqlalchemy.sql import Select
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
-from sqlmodel_cache._compat import has_plain_shape, identity_token_of, is_get_criteria
+from sqlmodel_cache._compat import autoflush, has_plain_shape, identity_token_of, is_get_criteria
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import tracker_of
@@ -51,14 +51,22 @@ def _bypass_reason(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) ->
     """Why this get must go to the database (SPEC R3), or ``None`` when the cache may serve it."""
     options = state.execution_options
     statement: Select[Any] = state.statement  # type: ignore[assignment]
-    if options.get("cache", True) is False:
-        return "option"
+    cache = options.get("cache", True)
+    if cache is not True:
+        if cache is False:
+            return "option"
+        runtime.stats.warn("cache_option", "execution option cache must be True or False")
+        return "invalid_option"
     if options.get("populate_existing") or state.load_options._populate_existing:
         return "populate_existing"
     if not has_plain_shape(statement):
         return "statement_options"
     if identity_token_of(state.load_options) is not None:
         return "identity_token"
+    if state.load_options._autoflush:
+        # SQLAlchemy autoflushes before its SELECT; a hit must not skip that, and what the
+        # flush writes must make the reads below bypass the cache.
+        autoflush(state.session)
     if _own_writes_block(state.session, plan):
         return "own_writes"
     if _entry_ttl(runtime, state, plan) is None:
@@ -135,12 +143,15 @@ def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
 
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()
-    # NOTE: SQLAlchemy autoflushes inside invoke_statement(), after this listener started:
-    # if that flush wrote the table, the row just read may be uncommitted. Check again.
-    if fetched.leased and not _own_writes_block(state.session, plan):
-        ttl = _entry_ttl(runtime, state, plan)
-        assert ttl is not None  # checked by _bypass_reason
-        _fill(runtime, plan, key, fetched.tags, lease, frozen.data, ttl)
+    if fetched.leased:
+        if _own_writes_block(state.session, plan):
+            # NOTE: a flush inside the statement (e.g. a nested autoflush) wrote the table:
+            # the row just read may be uncommitted.
+            stats.add(model, "fill_skipped:own_writes")
+        else:
+            ttl = _entry_ttl(runtime, state, plan)
+            assert ttl is not None  # checked by _bypass_reason
+            _fill(runtime, plan, key, fetched.tags, lease, frozen.data, ttl)
     return frozen()
 
 
@@ -225,8 +236,7 @@ def _fill(
         runtime.stats.add(model, "errors")
         runtime.stats.warn("fill_error", "cache fill failed: %r", exc)
         return
-    if stored:
-        runtime.stats.add(model, "fills")
+    runtime.stats.add(model, "fills" if stored else "fill_rejected")
 
 
 def _forget(runtime: Runtime, key: str) -> None:

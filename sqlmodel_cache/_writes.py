@@ -12,17 +12,16 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, TableClause, TextClause
 from sqlalchemy.orm import Session, UOWTransaction
-from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql.dml import UpdateBase
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
+from sqlmodel_cache._compat import flushed_states
 from sqlmodel_cache._state import Runtime
 
 TRACKER_KEY = "sqlmodel_cache.tracker"
@@ -40,6 +39,7 @@ class Tracker:
     written_tables: set[str] = field(default_factory=set)
     unknown_writes: bool = False
     flushing: bool = False
+    flush_tables: set[str] = field(default_factory=set)  # written by the running flush
 
     def blocks(self, table_name: str) -> bool:
         """True when a read of ``table_name`` could see this transaction's own writes, so
@@ -78,22 +78,33 @@ def before_flush(session: Session) -> None:
 
 
 def after_flush(runtime: Runtime, session: Session, flush_context: UOWTransaction) -> None:
-    """Record the cached rows the flush updated or deleted (``session.dirty/deleted`` still
-    hold the pre-flush lists here). Tables are recorded by :func:`before_execute`."""
+    """Record the cached rows the flush wrote, one key each.
+
+    The flush's statements were recorded by :func:`before_execute` as they ran; a table
+    written without an ORM object of its own in the flush (a many-to-many association
+    table, a link model changed through a relationship) gets its row tag moved instead,
+    since we cannot name the rows."""
     tracker = _tracker(session)
-    for instance in chain(session.dirty, session.deleted):
-        state = instance_state(instance)
-        plan = runtime.registry.plan_for(state.mapper)
+    prefix = runtime.settings.key_prefix
+    object_tables: set[str] = set()
+    for state in flushed_states(flush_context):
+        mapper = state.mapper
+        object_tables.update(name for name in map(_table_name, mapper.tables) if name)
+        plan = runtime.registry.plan_for(mapper)
         if plan is None:
             continue
         identities = [state.key[1]] if state.key is not None else []
-        # A changed primary key: the new identity is invalidated too.
+        # The identity as of now: a changed primary key, or a new row (whose key could hold
+        # an entry of an earlier row that was deleted behind the ORM's back).
         identities.append(tuple(state.dict.get(k) for k in plan.pk_attribute_keys))
         for identity in identities:
             try:
                 tracker.row_keys.add(plan.row_key_for(identity))
             except Unsupported:
-                tracker.note_table(runtime.settings.key_prefix, plan.table_name, all_rows=True)
+                tracker.note_table(prefix, plan.table_name, all_rows=True)
+    for name in tracker.flush_tables - object_tables:
+        tracker.note_table(prefix, name, all_rows=True)
+    tracker.flush_tables.clear()
 
 
 def after_flush_postexec(session: Session) -> None:
@@ -133,6 +144,8 @@ def before_execute(runtime: Runtime, connection: Connection, statement: object) 
         return
     # A flush's rows are invalidated one by one (after_flush); any other statement may have
     # changed any row, so the table's row tag moves too (O(1) for the whole table).
+    if tracker.flushing:
+        tracker.flush_tables.add(name)
     tracker.note_table(runtime.settings.key_prefix, name, all_rows=not tracker.flushing)
 
 

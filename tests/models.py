@@ -10,8 +10,8 @@ import enum
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Column, Integer, LargeBinary, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, Column, ForeignKey, Integer, LargeBinary, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 from sqlmodel import Field, Relationship, SQLModel
 
 from sqlmodel_cache import CacheConfig
@@ -129,6 +129,66 @@ class Document(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     title: Mapped[str] = mapped_column(String(100))
     body: Mapped[str] = mapped_column(Text, deferred=True)
+
+
+class Enrollment(SQLModel, table=True):
+    """A cache-enabled link model of a many-to-many relationship."""
+
+    __cache_config__ = CacheConfig()
+    course_id: int | None = Field(default=None, foreign_key="course.id", primary_key=True)
+    student_id: int | None = Field(default=None, foreign_key="student.id", primary_key=True)
+
+
+class Course(SQLModel, table=True):
+    __cache_config__ = CacheConfig()
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = ""
+    students: list["Student"] = Relationship(back_populates="courses", link_model=Enrollment)
+
+
+class Student(SQLModel, table=True):
+    __cache_config__ = CacheConfig()
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = ""
+    courses: list[Course] = Relationship(back_populates="students", link_model=Enrollment)
+
+
+class Album(SQLModel, table=True):
+    """Tracks are deleted when removed from the album (delete-orphan)."""
+
+    __cache_config__ = CacheConfig()
+    id: int | None = Field(default=None, primary_key=True)
+    tracks: list["Track"] = Relationship(
+        back_populates="album", sa_relationship_kwargs={"cascade": "all, delete-orphan"}
+    )
+
+
+class Track(SQLModel, table=True):
+    __cache_config__ = CacheConfig()
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = ""
+    album_id: int | None = Field(default=None, foreign_key="album.id")
+    album: Album | None = Relationship(back_populates="tracks")
+
+
+class Shelf(Base):
+    """A SQL-expression column_property: not cacheable (other rows change its value)."""
+
+    __tablename__ = "shelf"
+    __cache_config__ = CacheConfig()
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+
+
+class ShelfItem(Base):
+    __tablename__ = "shelf_item"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shelf_id: Mapped[int] = mapped_column(ForeignKey("shelf.id"))
+
+
+Shelf.item_count = column_property(  # type: ignore[attr-defined]
+    select(func.count(ShelfItem.id)).where(ShelfItem.shelf_id == Shelf.id).scalar_subquery()
+)
 
 
 METADATAS = (SQLModel.metadata, Base.metadata)

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from sqlmodel_cache.transport import (
     RedisSyncTransport,
 )
 from tests.conftest import Env, _truncate_postgres
-from tests.models import Hero
+from tests.models import Gadget, Hero
 
 
 def _seed(env: Env) -> None:
@@ -468,3 +469,38 @@ def test_a_commit_invalidates_many_rows_in_one_transport_call(mem_env: Env) -> N
 
     mem_env.run(update_all)
     assert mem_env.row_keys() == []
+
+
+def test_values_of_the_wrong_json_type_are_corrupt_not_data(mem_env: Env) -> None:
+    """An entry whose header is right but whose values have the wrong JSON types (a number
+    for a name, a number for a UUID) is a miss, never data and never an exception."""
+    gadget_id = uuid.uuid4()
+    mem_env.run(lambda s: (s.add(Gadget(id=gadget_id, label="a")), s.commit()))
+    mem_env.run(lambda s: s.get(Gadget, gadget_id))
+    _seed(mem_env)
+    mem_env.run(_name)
+    for key in mem_env.row_keys():
+        entry = mem_env.raw_get(key)
+        assert entry is not None
+        header = entry[:32]
+        forged = b"[1, 5, 0, null, null]" if "hero" in key else b'[5, "a"]'
+        mem_env.raw_set(key, header + forged)
+    assert mem_env.run(_name) == "Spider"
+    assert mem_env.run(lambda s: s.get(Gadget, gadget_id).label) == "a"  # type: ignore[union-attr]
+    assert SQLModelCache.stats()["Hero"]["errors"] == 1
+    assert SQLModelCache.stats()["Gadget"]["errors"] == 1
+
+
+@pytest.mark.parametrize("value", [0, None, "no"])
+def test_cache_option_must_be_a_bool(mem_env: Env, value: object) -> None:
+    """``cache`` other than True/False is an invalid option: that read bypasses the cache."""
+    _seed(mem_env)
+    mem_env.run(lambda s: s.get(Hero, 1, execution_options={"cache": value}))
+    assert mem_env.row_keys() == []
+    assert SQLModelCache.stats()["Hero"]["bypass:invalid_option"] == 1
+
+
+def test_settings_repr_hides_the_signing_key() -> None:
+    """The signing key never shows up in logs or tracebacks that print the settings."""
+    SQLModelCache.configure(MemoryTransport(), signing_key=b"s" * 32)
+    assert "sss" not in repr(SQLModelCache.get_config())

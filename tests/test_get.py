@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import logging
 import uuid
 
+import pytest
 from sqlalchemy import inspect, text, update
 from sqlalchemy.orm import selectinload
 from sqlmodel import Session
@@ -13,18 +15,25 @@ from sqlmodel import Session
 from sqlmodel_cache import SQLModelCache
 from tests.conftest import Env
 from tests.models import (
+    Album,
     Author,
     Book,
     Color,
+    Course,
     Document,
+    Enrollment,
     Gadget,
     Hero,
     Membership,
     Note,
     Reading,
+    Shelf,
+    ShelfItem,
     Specimen,
+    Student,
     Switched,
     Team,
+    Track,
 )
 
 
@@ -596,3 +605,84 @@ def test_async_session_get_directly(env: Env) -> None:
         assert env.loop is not None
         assert env.loop.run_until_complete(read()) == "Spider"
     assert env.statements == []
+
+
+def test_many_to_many_change_invalidates_cached_link_rows(env: Env) -> None:
+    """Removing a student from a course deletes a link row through the relationship; the
+    cached link model row must not be served afterwards."""
+
+    def seed(session: Session) -> None:
+        session.add(Course(id=1, title="Math", students=[Student(id=1, name="Ann")]))
+        session.commit()
+
+    env.run(seed)
+    assert env.run(lambda s: s.get(Enrollment, (1, 1))) is not None  # cached now
+
+    def drop(session: Session) -> None:
+        course = session.get(Course, 1)
+        assert course is not None
+        course.students.clear()
+        session.commit()
+
+    env.run(drop)
+    assert env.run(lambda s: s.get(Enrollment, (1, 1))) is None
+
+
+def test_delete_orphan_rows_are_invalidated(env: Env) -> None:
+    """A child deleted as an orphan (not via session.delete) is not served from the cache."""
+
+    def seed(session: Session) -> None:
+        session.add(Album(id=1, tracks=[Track(id=1, title="A"), Track(id=2, title="B")]))
+        session.commit()
+
+    env.run(seed)
+    env.run(lambda s: (s.get(Track, 1), s.get(Track, 2)))
+
+    def orphan(session: Session) -> None:
+        album = session.get(Album, 1)
+        assert album is not None
+        album.tracks = [track for track in album.tracks if track.id == 2]
+        session.commit()
+
+    env.run(orphan)
+    assert env.run(lambda s: s.get(Track, 1)) is None
+    env.reset_sql()
+    assert env.run(lambda s: s.get(Track, 2).title) == "B"  # type: ignore[union-attr]
+    assert env.statements == []  # the untouched sibling stayed cached
+
+
+def test_sql_expression_column_property_model_is_not_cached(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A column_property computed from other rows would go stale: the model is not cached,
+    with a warning saying why."""
+
+    def seed(session: Session) -> None:
+        session.add(Shelf(id=1, label="top"))
+        session.add(ShelfItem(id=1, shelf_id=1))
+        session.commit()
+
+    env.run(seed)
+    with caplog.at_level(logging.WARNING, logger="sqlmodel_cache"):
+        assert env.run(lambda s: s.get(Shelf, 1).item_count) == 1  # type: ignore[union-attr]
+    env.run(lambda s: (s.add(ShelfItem(id=2, shelf_id=1)), s.commit()))
+    assert env.run(lambda s: s.get(Shelf, 1).item_count) == 2  # type: ignore[union-attr]
+    assert env.row_keys() == []
+    assert any("column_property 'item_count'" in r.message for r in caplog.records)
+
+
+def test_a_hit_still_autoflushes_like_a_database_read(env: Env) -> None:
+    """Plain SQLAlchemy flushes pending changes before a get's SELECT; so does a hit, and a
+    table written by that flush is then read from the database."""
+    _seed(env)
+    env.run(_name_of(1))
+
+    def pending_then_get(session: Session) -> tuple[bool, str]:
+        session.add(Team(id=5, name="Pending"))
+        hero = session.get(Hero, 1)  # a hit: still flushes the pending team first
+        flushed = not session.new
+        session.rollback()
+        assert hero is not None
+        return flushed, hero.name
+
+    assert env.run(pending_then_get) == (True, "Spider")
