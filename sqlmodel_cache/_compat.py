@@ -40,12 +40,18 @@ def get_clause(mapper: Mapper[Any]) -> tuple[ClauseElement, tuple[str, ...]]:
     return clause, tuple(params[column].key for column in mapper.primary_key)
 
 
-def is_get_criteria(statement: Select[Any], clause: ClauseElement) -> bool:
-    """True when ``statement`` filters on exactly ``Session.get()``'s clause and nothing else.
+def is_get_statement(statement: Select[Any], mapper: Mapper[Any], clause: ClauseElement) -> bool:
+    """True when ``statement`` selects exactly the ``mapper`` entity (not columns, not an
+    alias) and filters on exactly ``Session.get()``'s clause, and nothing else.
 
     SQLAlchemy 2.1 puts the mapper's own clause object in the statement; 2.0 puts an
     annotated copy of it, which compares equal.
     """
+    columns = statement._raw_columns
+    if len(columns) != 1 or not columns[0].is_selectable:
+        return False
+    if columns[0]._annotations.get("parententity") is not mapper:
+        return False
     criteria: Sequence[ClauseElement] = statement._where_criteria
     if len(criteria) != 1:
         return False

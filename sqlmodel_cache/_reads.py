@@ -17,7 +17,7 @@ from sqlalchemy.sql import Select
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
-from sqlmodel_cache._compat import autoflush, has_plain_shape, identity_token_of, is_get_criteria
+from sqlmodel_cache._compat import autoflush, has_plain_shape, identity_token_of, is_get_statement
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import tracker_of
@@ -42,7 +42,7 @@ def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tupl
         pk = tuple(params[key] for key in plan.get_param_keys)
     except KeyError:
         return None
-    if not is_get_criteria(statement, plan.get_clause):
+    if not is_get_statement(statement, mapper, plan.get_clause):
         return None
     return plan, pk
 

@@ -686,3 +686,14 @@ def test_a_hit_still_autoflushes_like_a_database_read(env: Env) -> None:
         return flushed, hero.name
 
     assert env.run(pending_then_get) == (True, "Spider")
+
+
+def test_lookalike_column_select_is_not_mistaken_for_a_get(env: Env) -> None:
+    """A user SELECT of a column with the same WHERE clause and bind name as ``get()``'s is
+    run by the database, not answered with an entity from the cache."""
+    from sqlalchemy import bindparam, select
+
+    _seed(env)
+    env.run(_name_of(1))  # cached entity
+    statement = select(Hero.name).where(Hero.id == bindparam("pk_1"))  # type: ignore[arg-type]
+    assert env.run(lambda s: s.execute(statement, {"pk_1": 1}).scalar_one()) == "Spider"
