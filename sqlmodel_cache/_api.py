@@ -83,7 +83,7 @@ class SQLModelCache:
         _state.runtime = Runtime(
             settings=settings,
             driver=driver,
-            registry=ModelRegistry(key_prefix),
+            registry=ModelRegistry(key_prefix, default_ttl),
             framing=Framing(signing_key),
         )
         if enabled:

@@ -206,31 +206,43 @@ class RowCodec:
         schema = f"{FORMAT_VERSION:x}{digest[:15]}".encode("ascii")
         return cls(tuple(key for key, _ in columns), tuple(encoders), tuple(decoders), schema)
 
-    def encode(self, state_dict: dict[str, Any]) -> bytes:
-        """JSON body of the values in ``state_dict``; raises :class:`Unsupported`."""
+    def encode_values(self, state_dict: dict[str, Any]) -> list[Any]:
+        """The JSON-ready values in ``state_dict``; raises :class:`Unsupported`."""
         values = []
-        for key, encoder in zip(self.attribute_keys, self.encoders, strict=False):
+        for key, encoder in zip(self.attribute_keys, self.encoders, strict=True):
             if key not in state_dict:
                 raise Unsupported(f"{key} not loaded")
             value = state_dict[key]
             values.append(None if value is None else encoder(value))
-        try:
-            return orjson.dumps(values)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise Unsupported(str(exc)) from None
+        return values
+
+    def decode_values(self, values: Any) -> dict[str, Any]:
+        """The attribute dict of JSON values; raises on anything that is not a valid row."""
+        if type(values) is not list or len(values) != len(self.attribute_keys):
+            raise Unsupported("not a row")
+        for index, decoder in self.decoders:
+            if values[index] is not None:
+                values[index] = decoder(values[index])
+        return dict(zip(self.attribute_keys, values, strict=True))
+
+    def encode(self, state_dict: dict[str, Any]) -> bytes:
+        """JSON body of the values in ``state_dict``; raises :class:`Unsupported`."""
+        return dumps(self.encode_values(state_dict))
 
     def decode(self, body: bytes) -> dict[str, Any] | None:
         """The attribute dict of a body, or ``None`` when it is not a valid body."""
         try:
-            values = orjson.loads(body)
-            if type(values) is not list or len(values) != len(self.attribute_keys):
-                return None
-            for index, decoder in self.decoders:
-                if values[index] is not None:
-                    values[index] = decoder(values[index])
+            return self.decode_values(orjson.loads(body))
         except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
             return None
-        return dict(zip(self.attribute_keys, values, strict=False))
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes; raises :class:`Unsupported` for what JSON cannot hold."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise Unsupported(str(exc)) from None
 
 
 # -- framing: tags + schema + (signature) + body ----------------------------------------

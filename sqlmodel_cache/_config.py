@@ -30,16 +30,27 @@ class CacheConfig:
     Attributes:
         enabled: ``False`` keeps the model out of the cache (every read goes to the database).
         ttl: seconds an entry lives; ``None`` uses ``SQLModelCache.configure(default_ttl=...)``.
+        queries: ``False`` caches ``session.get()`` only: ``select()`` statements that read
+            this model's table go to the database.
+        query_ttl: seconds a query result lives; ``None`` uses ``ttl``. A query over several
+            models lives as long as the shortest of their TTLs.
     """
 
     enabled: bool = True
     ttl: int | None = None
+    queries: bool = True
+    query_ttl: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ConfigurationError(f"CacheConfig.enabled must be a bool, got {self.enabled!r}")
+        for name in ("enabled", "queries"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"CacheConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
         if self.ttl is not None:
             check_ttl(self.ttl, "CacheConfig.ttl")
+        if self.query_ttl is not None:
+            check_ttl(self.query_ttl, "CacheConfig.query_ttl")
 
 
 @dataclass(frozen=True)

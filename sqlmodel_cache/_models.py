@@ -92,44 +92,106 @@ def _build_plan(mapper: Mapper[Any], config: CacheConfig, prefix: str) -> ModelP
 
 
 class ModelRegistry:
-    """Memoises a :class:`ModelPlan` (or ``None``: not cached) per mapper."""
+    """What is cached: a :class:`ModelPlan` (or ``None``) per mapper, and per table whether
+    and how long queries over it may be cached. Memoised; rebuilt when new mappers appear."""
 
-    def __init__(self, key_prefix: str) -> None:
+    def __init__(self, key_prefix: str, default_ttl: int) -> None:
         self._prefix = key_prefix
+        self._default_ttl = default_ttl
         self._plans: dict[Mapper[Any], ModelPlan | None] = {}
+        self._configs: dict[Mapper[Any], CacheConfig | None] = {}
+        self._registries: set[Any] = set()
+        self._mapper_count = -1
+        self._table_ttls: dict[str, int | None] = {}
+        self._cached_tables: set[str] = set()
 
     def plan_for(self, mapper: Mapper[Any]) -> ModelPlan | None:
         try:
             return self._plans[mapper]
         except KeyError:
             pass
-        plan = self._plans[mapper] = self._make(mapper)
+        config = self.config_for(mapper)
+        plan = None
+        if config is not None:
+            try:
+                plan = _build_plan(mapper, config, self._prefix)
+            except Unsupported as exc:
+                logger.warning("%s is not cached by get(): %s", mapper.class_.__name__, exc)
+        self._plans[mapper] = plan
+        self._registries.add(mapper.registry)
         return plan
 
-    def known_plans(self) -> list[ModelPlan]:
-        """Plans of every cache-enabled class in the mapper registries this process knows."""
-        from sqlmodel import SQLModel
-
-        registries = {SQLModel._sa_registry}
-        registries.update(plan.mapper.registry for plan in self._plans.values() if plan)
-        mappers = {mapper for registry in registries for mapper in registry.mappers}
-        return [plan for mapper in mappers if (plan := self.plan_for(mapper)) is not None]
-
-    def _make(self, mapper: Mapper[Any]) -> ModelPlan | None:
+    def config_for(self, mapper: Mapper[Any]) -> CacheConfig | None:
+        """The model's enabled ``CacheConfig``, or ``None`` when it is not cached."""
+        try:
+            return self._configs[mapper]
+        except KeyError:
+            pass
         config = getattr(mapper.class_, "__cache_config__", None)
-        if config is None:
-            return None
-        if not isinstance(config, CacheConfig):
+        if config is not None and not isinstance(config, CacheConfig):
             logger.warning(
                 "%s.__cache_config__ is %r, not a CacheConfig: the model is not cached",
                 mapper.class_.__name__,
                 type(config).__name__,
             )
-            return None
-        if not config.enabled:
-            return None
-        try:
-            return _build_plan(mapper, config, self._prefix)
-        except Unsupported as exc:
-            logger.warning("%s is not cached: %s", mapper.class_.__name__, exc)
-            return None
+            config = None
+        if config is not None and not config.enabled:
+            config = None
+        self._configs[mapper] = config
+        return config
+
+    def cached_tables(self) -> set[str]:
+        """Every table whose rows or queries may be in the cache."""
+        self._refresh_tables()
+        return set(self._cached_tables)
+
+    def query_ttl_of(self, table_name: str) -> int | None:
+        """Seconds a query reading ``table_name`` may be cached, or ``None`` if it may not:
+        every model mapped to the table must be cached with ``queries=True``; a table with
+        no model (a many-to-many association table) must link such models."""
+        if table_name not in self._table_ttls:
+            self._refresh_tables()
+        return self._table_ttls.get(table_name)
+
+    def note_registry(self, registry: Any) -> None:
+        self._registries.add(registry)
+
+    def _all_mappers(self) -> set[Mapper[Any]]:
+        from sqlmodel import SQLModel
+
+        registries = {SQLModel._sa_registry, *self._registries}
+        return {mapper for registry in registries for mapper in registry.mappers}
+
+    def _refresh_tables(self) -> None:
+        mappers = self._all_mappers()
+        if len(mappers) == self._mapper_count:
+            return
+        self._mapper_count = len(mappers)
+        owners: dict[str, list[Mapper[Any]]] = {}
+        links: dict[str, list[Mapper[Any]]] = {}
+        for mapper in mappers:
+            for table in mapper.tables:
+                owners.setdefault(table.fullname, []).append(mapper)
+            for relationship in mapper.relationships:
+                secondary = relationship.secondary
+                if secondary is not None and hasattr(secondary, "fullname"):
+                    linked = links.setdefault(secondary.fullname, [])
+                    linked.extend([mapper, relationship.mapper])
+        ttls: dict[str, int | None] = {}
+        cached: set[str] = set()
+        for name in owners.keys() | links.keys():
+            related = owners.get(name) or links[name]
+            ttls[name] = self._shortest_query_ttl(related)
+            if any(self.config_for(mapper) is not None for mapper in related):
+                cached.add(name)
+        self._table_ttls = ttls
+        self._cached_tables = cached
+
+    def _shortest_query_ttl(self, mappers: list[Mapper[Any]]) -> int | None:
+        ttls = []
+        for mapper in mappers:
+            config = self.config_for(mapper)
+            if config is None or not config.queries:
+                return None
+            ttls.append(config.query_ttl or config.ttl or self._default_ttl)
+        return min(ttls)

@@ -158,9 +158,10 @@ def after_commit(runtime: Runtime, session: Session) -> None:
     tag_keys = set(tracker.tag_keys)
     if tracker.unknown_writes:
         # Raw SQL wrote tables we cannot name: every cached table is invalidated.
-        for plan in runtime.registry.known_plans():
-            tag_keys.add(plan.row_tag_key)
-            tag_keys.add(plan.data_tag_key)
+        prefix = runtime.settings.key_prefix
+        for name in runtime.registry.cached_tables():
+            table_prefix = _keys.table_part(prefix, name)
+            tag_keys.update((_keys.row_tag_key(table_prefix), _keys.data_tag_key(table_prefix)))
     if not tracker.row_keys and not tag_keys:
         return
     stats = runtime.stats
