@@ -42,13 +42,23 @@ def get_clause(mapper: Mapper[Any]) -> tuple[ClauseElement, tuple[str, ...]]:
 
 def is_get_statement(statement: Select[Any], mapper: Mapper[Any], clause: ClauseElement) -> bool:
     """True when ``statement`` selects exactly the ``mapper`` entity (not columns, not an
-    alias) and filters on exactly ``Session.get()``'s clause, and nothing else.
+    alias), filters on exactly ``Session.get()``'s clause, and has no joins or modifiers
+    (loader options and locks are allowed here: they are reasons to bypass, checked later).
 
     SQLAlchemy 2.1 puts the mapper's own clause object in the statement; 2.0 puts an
     annotated copy of it, which compares equal.
     """
     columns = statement._raw_columns
     if len(columns) != 1 or not columns[0].is_selectable:
+        return False
+    if (
+        statement._setup_joins
+        or statement._limit_clause is not None
+        or statement._offset_clause is not None
+        or statement._group_by_clauses
+        or statement._having_criteria
+        or statement._distinct
+    ):
         return False
     if columns[0]._annotations.get("parententity") is not mapper:
         return False
@@ -59,17 +69,11 @@ def is_get_statement(statement: Select[Any], mapper: Mapper[Any], clause: Clause
     return criterion is clause or bool(criterion.compare(clause))
 
 
-def has_plain_shape(statement: Select[Any]) -> bool:
-    """True when the SELECT carries no loader options, locks, joins or modifiers."""
-    return not (
-        statement._with_options
-        or statement._for_update_arg is not None
-        or statement._setup_joins
-        or statement._limit_clause is not None
-        or statement._offset_clause is not None
-        or statement._group_by_clauses
-        or statement._having_criteria
-        or statement._distinct
+def has_options_or_lock(statement: Any) -> bool:
+    """True when a SELECT carries loader options or a row lock (``with_for_update``)."""
+    return bool(
+        getattr(statement, "_with_options", None)
+        or getattr(statement, "_for_update_arg", None) is not None
     )
 
 

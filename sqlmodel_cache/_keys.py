@@ -5,12 +5,14 @@
     {prefix}:{<table>}:r:<pk-json>   a cached row, e.g.  app:{hero}:r:[42]
     {prefix}:{<table>}:rt            the table's row tag: changes on bulk writes to the table
     {prefix}:{<table>}:dt            the table's data tag: changes on every write to the table
+    {prefix}:q:<digest>              a cached query result (digest of shape + parameters)
 
 A row entry is valid only while it starts with its table's current row tag, so a bulk
 ``UPDATE``/``DELETE`` invalidates every cached row of a table by changing one key (O(1), no
-``KEYS``/``SCAN``). Query entries (a later feature) carry the data tags of every table they
-read. Tags are random, not counters: a tag lost to eviction comes back as a new random value,
-which can never revive entries written under an older one.
+``KEYS``/``SCAN``). Query entries carry the data tags of every table they read, so any
+write to any of those tables retires them, in O(1) too. Tags are random, not counters: a
+tag lost to eviction comes back as a new random value, which can never revive entries
+written under an older one.
 
 The ``{<table>}`` hash tag keeps a table's rows and tags in one Redis Cluster slot, so the
 atomic scripts can touch a row and its tag together.
@@ -38,6 +40,10 @@ def row_tag_key(table_prefix: str) -> str:
 
 def data_tag_key(table_prefix: str) -> str:
     return f"{table_prefix}:dt"
+
+
+def query_key(prefix: str, digest: str) -> str:
+    return f"{prefix}:q:{digest}"
 
 
 def new_tag() -> bytes:

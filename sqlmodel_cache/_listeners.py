@@ -14,14 +14,17 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from sqlmodel_cache import _reads, _state, _writes
+from sqlmodel_cache import _queries, _reads, _state, _writes
 
 
 def _on_do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
     runtime = _state.runtime
     if runtime is None or not state.is_select:
         return None
-    return _reads.serve_get(runtime, state)
+    matched = _reads.match_get(runtime, state)
+    if matched is not None:
+        return _reads.serve_get(runtime, state, *matched)
+    return _queries.serve_select(runtime, state)
 
 
 def _on_after_begin(session: Session, transaction: Any, connection: Connection) -> None:

@@ -7,17 +7,23 @@ statement as usual; returning a ``Result`` answers it. Any doubt means ``None``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Result
-from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import Select
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
-from sqlmodel_cache._compat import autoflush, has_plain_shape, identity_token_of, is_get_statement
+from sqlmodel_cache._compat import (
+    autoflush,
+    has_options_or_lock,
+    identity_token_of,
+    is_get_statement,
+)
+from sqlmodel_cache._instances import instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import tracker_of
@@ -47,10 +53,13 @@ def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tupl
     return plan, pk
 
 
-def _bypass_reason(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) -> str | None:
-    """Why this get must go to the database (SPEC R3), or ``None`` when the cache may serve it."""
+def read_bypass(
+    runtime: Runtime, state: ORMExecuteState, tables: Sequence[str], default_ttl: int
+) -> str | int:
+    """Why this read must go to the database (SPEC R3), or else the TTL its entry gets.
+
+    Shared by gets and queries; ``tables`` are the tables the read reads."""
     options = state.execution_options
-    statement: Select[Any] = state.statement  # type: ignore[assignment]
     cache = options.get("cache", True)
     if cache is not True:
         if cache is False:
@@ -59,7 +68,7 @@ def _bypass_reason(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) ->
         return "invalid_option"
     if options.get("populate_existing") or state.load_options._populate_existing:
         return "populate_existing"
-    if not has_plain_shape(statement):
+    if has_options_or_lock(state.statement):
         return "statement_options"
     if identity_token_of(state.load_options) is not None:
         return "identity_token"
@@ -67,9 +76,10 @@ def _bypass_reason(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) ->
         # SQLAlchemy autoflushes before its SELECT; a hit must not skip that, and what the
         # flush writes must make the reads below bypass the cache.
         autoflush(state.session)
-    if _own_writes_block(state.session, plan):
+    if own_writes_block(state.session, tables):
         return "own_writes"
-    if _entry_ttl(runtime, state, plan) is None:
+    ttl = options.get("cache_ttl", default_ttl)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         runtime.stats.warn("cache_ttl", "execution option cache_ttl must be a positive int")
         return "invalid_option"
     if not runtime.driver.usable_here():
@@ -79,42 +89,32 @@ def _bypass_reason(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) ->
             type(runtime.driver.transport).__name__,
         )
         return "async_transport_in_sync_session"
-    return None
-
-
-def _entry_ttl(runtime: Runtime, state: ORMExecuteState, plan: ModelPlan) -> int | None:
-    """The TTL for this call's entry: the ``cache_ttl`` option, the model's, the default;
-    ``None`` for an invalid option."""
-    ttl = state.execution_options.get("cache_ttl")
-    if ttl is None:
-        return plan.config.ttl or runtime.settings.default_ttl
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-        return None
     return ttl
 
 
-def _own_writes_block(session: Session, plan: ModelPlan) -> bool:
+def own_writes_block(session: Session, tables: Sequence[str]) -> bool:
+    """True when this session's transaction wrote one of ``tables`` (or is flushing)."""
     tracker = tracker_of(session)
-    return tracker is not None and tracker.blocks(plan.table_name)
+    return tracker is not None and any(tracker.blocks(table) for table in tables)
 
 
-def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
+def serve_get(
+    runtime: Runtime, state: ORMExecuteState, plan: ModelPlan, pk: tuple[Any, ...]
+) -> Result[Any] | None:
     """Answer a ``Session.get()`` from the cache, or run it and fill the cache."""
-    matched = match_get(runtime, state)
-    if matched is None:
-        return None
-    plan, pk = matched
     model = plan.mapper.class_.__name__
     stats = runtime.stats
-    reason = _bypass_reason(runtime, state, plan)
-    if reason is None:
+    tables = (plan.table_name,)
+    checked = read_bypass(runtime, state, tables, plan.config.ttl or runtime.settings.default_ttl)
+    if isinstance(checked, int):
         try:
             key = plan.row_key_for(pk)
         except Unsupported:
-            reason = "key_type"
-    if reason is not None:
-        stats.add(model, f"bypass:{reason}")
+            checked = "key_type"
+    if isinstance(checked, str):
+        stats.add(model, f"bypass:{checked}")
         return None
+    ttl = checked
 
     schema = plan.codec.schema
     lease = _keys.new_lease()
@@ -132,26 +132,21 @@ def serve_get(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
         if values is None:
             stats.add(model, "errors")
             stats.warn("bad_entry", "undecodable cache entry for %s removed", model)
-            _forget(runtime, key)
+            forget(runtime, key)
         else:
-            instance = _materialize(state.session, plan, values)
-            if instance is None:
-                stats.add(model, "bypass:identity_present")
-                return None
+            instance = instance_for(state.session, plan, values)
             stats.add(model, "hits")
-            return _single_result(plan, instance)
+            return rows_result([model], [()], [(instance,)])
 
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()
     if fetched.leased:
-        if _own_writes_block(state.session, plan):
+        if own_writes_block(state.session, tables):
             # NOTE: a flush inside the statement (e.g. a nested autoflush) wrote the table:
             # the row just read may be uncommitted.
             stats.add(model, "fill_skipped:own_writes")
         else:
-            ttl = _entry_ttl(runtime, state, plan)
-            assert ttl is not None  # checked by _bypass_reason
-            _fill(runtime, plan, key, fetched.tags, lease, frozen.data, ttl)
+            _fill(runtime, plan, key, fetched.tags, lease, result_rows(frozen), ttl)
     return frozen()
 
 
@@ -174,48 +169,20 @@ def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> di
     return values if own_key == key else None
 
 
-def _materialize(session: Session, plan: ModelPlan, values: dict[str, Any]) -> object | None:
-    """A persistent instance built from cached values, exactly as if loaded (no validation,
-    no merge copy); ``None`` if the session already holds that identity."""
-    mapper = plan.mapper
-    identity = mapper.identity_key_from_primary_key(
-        tuple(values[k] for k in plan.pk_attribute_keys)
-    )
-    if identity in session.identity_map:
-        return None
-    instance: object = mapper.class_manager.new_instance()
-    instance_state(instance).dict.update(values)
-    make_transient_to_detached(instance)
-    session.add(instance)
-    for key in plan.eager_relationships:
-        # NOTE: eager relationships load now, as they would have with the row, so code that
-        # relies on lazy="selectin" (e.g. under AsyncSession) finds them loaded.
-        getattr(instance, key)
-    return instance
-
-
-def _single_result(plan: ModelPlan, instance: object) -> Result[Any]:
-    metadata = SimpleResultMetaData([plan.mapper.class_.__name__])
-    return IteratorResult(metadata, iter([(instance,)]))
-
-
 def _fill(
     runtime: Runtime,
     plan: ModelPlan,
     key: str,
     tags: tuple[bytes, ...],
     lease: bytes,
-    rows: Any,
+    rows: list[list[Any]],
     ttl: int,
 ) -> None:
     """Store the row just loaded, if it is exactly what the key names and fits the limits."""
     model = plan.mapper.class_.__name__
-    if len(rows) != 1:
+    if len(rows) != 1 or type(rows[0][0]) is not plan.mapper.class_:
         return
-    # A frozen ORM result holds bare instances when it can serve scalars, else rows.
-    instance = rows[0] if type(rows[0]) is plan.mapper.class_ else rows[0][0]
-    if type(instance) is not plan.mapper.class_:
-        return
+    instance = rows[0][0]
     loaded = instance_state(instance)
     if loaded.modified or loaded.key is None:
         return
@@ -239,7 +206,8 @@ def _fill(
     runtime.stats.add(model, "fills" if stored else "fill_rejected")
 
 
-def _forget(runtime: Runtime, key: str) -> None:
+def forget(runtime: Runtime, key: str) -> None:
+    """Delete a bad entry."""
     # Best effort: if the delete fails too, the entry simply stays a miss.
     with contextlib.suppress(Exception):
         runtime.driver.delete(key)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._config import CacheSettings
 from sqlmodel_cache._driver import Driver
 from sqlmodel_cache._models import ModelRegistry
+from sqlmodel_cache._shapes import ShapeCache
 from sqlmodel_cache._stats import Stats
 
 
@@ -20,6 +22,7 @@ class Runtime:
     registry: ModelRegistry
     framing: Framing
     stats: Stats = field(default_factory=Stats)
+    shapes: ShapeCache[Any] = field(default_factory=ShapeCache)
 
     @property
     def lease_ttl_ms(self) -> int:

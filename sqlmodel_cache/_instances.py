@@ -1,0 +1,47 @@
+"""Turning cached values into ORM objects, and ORM results into rows to store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import Result
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state
+
+from sqlmodel_cache._models import ModelPlan
+
+
+def instance_for(session: Session, plan: ModelPlan, values: dict[str, Any]) -> object:
+    """The session's object for this row: the one already in its identity map (unchanged, as
+    a query without ``populate_existing`` would leave it), or a persistent instance built
+    directly from the cached values, exactly as a load builds it (no validation, no copy)."""
+    mapper = plan.mapper
+    identity = mapper.identity_key_from_primary_key(
+        tuple(values[k] for k in plan.pk_attribute_keys)
+    )
+    existing = session.identity_map.get(identity)
+    if existing is not None:
+        return existing
+    instance: object = mapper.class_manager.new_instance()
+    instance_state(instance).dict.update(values)
+    make_transient_to_detached(instance)
+    session.add(instance)
+    for key in plan.eager_relationships:
+        # NOTE: eager relationships load now, as they would have with the row, so code that
+        # relies on lazy="selectin" (e.g. under AsyncSession) finds them loaded.
+        getattr(instance, key)
+    return instance
+
+
+def rows_result(
+    keys: Sequence[str], extras: Sequence[Sequence[Any]], rows: Sequence[tuple[Any, ...]]
+) -> Result[Any]:
+    """A result over ``rows``, addressable by name and by column expression like the ORM's."""
+    return IteratorResult(SimpleResultMetaData(keys, extra=extras), iter(rows))
+
+
+def result_rows(result: Any) -> list[list[Any]]:
+    """The rows of a frozen ORM result, each as a list (scalar results included)."""
+    return [list(row) for row in result().all()]

@@ -1,0 +1,317 @@
+"""The query path: ``select()`` statements answered from the cache, never stale.
+
+An entry is keyed by the statement's *shape* (its SQL for the dialect plus what the result
+holds) and its parameter values, and it carries the data tag of every table the statement
+reads. Any commit that writes one of those tables moves that tag, so the entry stops
+matching: no entry needs to be found and deleted, and no list of keys is kept.
+
+Working out a shape (walking the statement, compiling it once) is memoised by SQLAlchemy's
+own statement cache key, so a hit costs a cache-key computation, one dictionary lookup and
+one round trip, never a SQL compilation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import FunctionElement, Table, TextClause, inspect
+from sqlalchemy.engine import Result
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.selectable import TextualSelect
+from sqlalchemy.sql.visitors import iterate
+
+from sqlmodel_cache import _keys
+from sqlmodel_cache._codec import FORMAT_VERSION, Decoder, Encoder, Unsupported, column_codec, dumps
+from sqlmodel_cache._instances import instance_for, result_rows, rows_result
+from sqlmodel_cache._models import ModelPlan
+from sqlmodel_cache._reads import forget, own_writes_block, read_bypass
+from sqlmodel_cache._state import Runtime
+
+#: SQL functions whose result depends only on their arguments. Any other function (now(),
+#: random(), a user function that reads other tables) makes a statement uncacheable.
+DETERMINISTIC_FUNCTIONS = frozenset(
+    {
+        "abs", "avg", "ceil", "ceiling", "char_length", "coalesce", "concat", "count",
+        "floor", "greatest", "least", "length", "lower", "ltrim", "max", "min", "mod",
+        "nullif", "round", "rtrim", "sign", "substr", "substring", "sum", "trim", "upper",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EntityCell:
+    """A result column that is an ORM entity (``select(Hero)``)."""
+
+    plan: ModelPlan
+
+
+@dataclass(frozen=True)
+class ValueCell:
+    """A result column that is a value (``select(Hero.name)``, ``func.count()``)."""
+
+    encoder: Encoder
+    decoder: Decoder | None
+
+
+@dataclass(frozen=True)
+class QueryShape:
+    """Everything about a statement shape that does not depend on parameter values."""
+
+    label: str  # for stats: the first entity's name, or the first table's
+    digest: str
+    tables: tuple[str, ...]
+    tag_keys: tuple[str, ...]
+    cells: tuple[EntityCell | ValueCell, ...]
+    keys: tuple[str, ...]
+    extras: tuple[tuple[Any, ...], ...]
+    schema: bytes
+    ttl: int
+
+
+@dataclass(frozen=True)
+class Uncacheable:
+    """A shape that is never cached, and why."""
+
+    label: str
+    reason: str
+
+
+def _is_literal_sql(element: Any) -> bool:
+    return isinstance(element, ColumnClause) and bool(element.is_literal)
+
+
+def _tables_read(statement: Select[Any]) -> list[str] | str:
+    """Every table the statement reads (subqueries and joins included), or the reason it
+    cannot be cached when it contains something whose reads or result we cannot know."""
+    tables: set[str] = set()
+    for element in iterate(statement):
+        if isinstance(element, Table):
+            tables.add(element.fullname)
+        elif isinstance(element, (TextClause, TextualSelect)) or _is_literal_sql(element):
+            return "text"
+        elif isinstance(element, FunctionElement):
+            name = getattr(element, "name", "")
+            if str(name).lower() not in DETERMINISTIC_FUNCTIONS:
+                return "function"
+    return sorted(tables) if tables else "no_table"
+
+
+def _analyse(runtime: Runtime, statement: Select[Any], dialect: Any) -> QueryShape | Uncacheable:
+    """Work out a statement's shape; runs once per shape and process."""
+    descriptions = statement.column_descriptions
+    first = descriptions[0].get("entity") if descriptions else None
+    label = getattr(first, "__name__", None) or "select"
+    tables = _tables_read(statement)
+    if isinstance(tables, str):
+        return Uncacheable(label, tables)
+    if label == "select":
+        label = tables[0]
+    ttls = [runtime.registry.query_ttl_of(name) for name in tables]
+    if any(ttl is None for ttl in ttls):
+        return Uncacheable(label, "uncached_table")
+    cells: list[EntityCell | ValueCell] = []
+    described: list[str] = []
+    for description in descriptions:
+        kind = description["type"]
+        if isinstance(kind, type):  # an ORM entity, possibly aliased
+            mapper = inspect(description["expr"]).mapper
+            plan = runtime.registry.plan_for(mapper)
+            if plan is None:
+                return Uncacheable(label, "entity_not_cacheable")
+            if plan.eager_relationships:
+                return Uncacheable(label, "eager_relationships")
+            cells.append(EntityCell(plan))
+            described.append(f"entity:{plan.table_name}:{plan.codec.schema.decode()}")
+        else:
+            try:
+                encoder, decoder = column_codec(kind)
+            except Unsupported:
+                return Uncacheable(label, "value_type")
+            cells.append(ValueCell(encoder, decoder))
+            described.append(f"value:{kind!r}")
+    sql = str(statement.compile(dialect=dialect))
+    identity = "\n".join([str(FORMAT_VERSION), dialect.name, sql, *described])
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
+    prefix = runtime.settings.key_prefix
+    return QueryShape(
+        label=label,
+        digest=digest,
+        tables=tuple(tables),
+        tag_keys=tuple(_keys.data_tag_key(_keys.table_part(prefix, name)) for name in tables),
+        cells=tuple(cells),
+        keys=tuple(str(d["name"]) for d in descriptions),
+        extras=tuple((d["expr"],) for d in descriptions),
+        schema=f"{FORMAT_VERSION:x}{digest[:15]}".encode("ascii"),
+        ttl=min(ttl for ttl in ttls if ttl is not None),
+    )
+
+
+def _typed(value: Any) -> Any:
+    """orjson fallback for parameter values: type-tagged, so two different values of two
+    different types can never produce the same key."""
+    return {"$type": f"{type(value).__module__}.{type(value).__qualname__}", "$value": str(value)}
+
+
+def _parameter_values(state: ORMExecuteState, cache_key: Any) -> bytes | None:
+    params = state.parameters
+    if params is not None and not isinstance(params, dict):
+        return None  # executemany
+    supplied = params or {}
+    values = []
+    for bind in cache_key.bindparams:
+        if bind.key in supplied:
+            values.append(supplied[bind.key])
+        elif bind.callable is not None or bind.value is not None:
+            values.append(bind.effective_value)
+        else:
+            return None  # a required parameter is missing: let the database say so
+    try:
+        return orjson.dumps(values, default=_typed, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
+def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
+    """Answer a SELECT from the cache, or run it and fill the cache."""
+    statement = state.statement
+    if not isinstance(statement, Select) or state.is_relationship_load or state.is_column_load:
+        return None
+    options = state.execution_options
+    if options.get("yield_per") or options.get("stream_results"):
+        return None
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:
+        return None
+    dialect = state.session.get_bind(**state.bind_arguments).dialect
+    memo_key = (dialect.name, cache_key.key)
+    shape = runtime.shapes.get(memo_key)
+    if shape is None:
+        shape = _analyse(runtime, statement, dialect)
+        runtime.shapes.put(memo_key, shape)
+    stats = runtime.stats
+    if isinstance(shape, Uncacheable):
+        stats.add(shape.label, f"query_bypass:{shape.reason}")
+        return None
+    checked = read_bypass(runtime, state, shape.tables, shape.ttl)
+    params = _parameter_values(state, cache_key) if isinstance(checked, int) else None
+    if isinstance(checked, str) or params is None:
+        stats.add(shape.label, f"query_bypass:{checked if isinstance(checked, str) else 'params'}")
+        return None
+
+    key_digest = hashlib.sha256(shape.digest.encode("ascii") + b"\0" + params).hexdigest()
+    key = _keys.query_key(runtime.settings.key_prefix, key_digest[:48])
+    lease = _keys.new_lease()
+    try:
+        fetched = runtime.driver.fetch(
+            key, shape.tag_keys, shape.schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
+        )
+    except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
+        stats.add(shape.label, "errors")
+        stats.warn("read_error", "cache read failed, using the database: %r", exc)
+        return None
+
+    if fetched.entry is not None:
+        rows = _decode(runtime, state, shape, key, fetched.entry)
+        if rows is not None:
+            stats.add(shape.label, "query_hits")
+            return rows_result(shape.keys, shape.extras, rows)
+        stats.add(shape.label, "errors")
+        stats.warn("bad_entry", "undecodable cache entry for %s removed", shape.label)
+        forget(runtime, key)
+
+    stats.add(shape.label, "query_misses")
+    session = state.session
+    known = set(session.identity_map.keys()) if len(session.identity_map) else set()
+    frozen = state.invoke_statement().freeze()
+    if fetched.leased:
+        if own_writes_block(session, shape.tables):
+            stats.add(shape.label, "fill_skipped:own_writes")
+        else:
+            body = _encode(shape, result_rows(frozen), known)
+            if body is None:
+                stats.add(shape.label, "fill_skipped:session_state")
+            else:
+                header = b"".join(fetched.tags) + shape.schema
+                entry = runtime.framing.frame(key, header, body)
+                _store(runtime, shape, key, entry, lease, checked)
+    return frozen()
+
+
+def _encode(shape: QueryShape, rows: list[list[Any]], known: set[Any]) -> bytes | None:
+    """The JSON body of a result, or ``None`` if a row is not exactly the database's.
+
+    NOTE: an entity the session held before this query is returned as the session's object,
+    whose attributes may predate the row just read (or hold unflushed changes); such a
+    result is not stored."""
+    encoded = []
+    try:
+        for row in rows:
+            cells: list[Any] = []
+            for cell, value in zip(shape.cells, row, strict=True):
+                if value is None:
+                    cells.append(None)
+                elif isinstance(cell, EntityCell):
+                    state = instance_state(value)
+                    if type(value) is not cell.plan.mapper.class_ or state.modified:
+                        return None
+                    if state.key in known:
+                        return None
+                    cells.append(cell.plan.codec.encode_values(state.dict))
+                else:
+                    cells.append(cell.encoder(value))
+            encoded.append(cells)
+        return dumps(encoded)
+    except (Unsupported, ValueError):
+        return None
+
+
+def _decode(
+    runtime: Runtime, state: ORMExecuteState, shape: QueryShape, key: str, entry: bytes
+) -> list[tuple[Any, ...]] | None:
+    """The result rows in ``entry`` (entities joined to the session), or ``None`` if corrupt."""
+    header = entry[: _keys.TAG_SIZE * len(shape.tag_keys)] + shape.schema
+    body = runtime.framing.unframe(key, header, entry)
+    if body is None:
+        return None
+    try:
+        data = orjson.loads(body)
+        if type(data) is not list:
+            return None
+        decoded = []
+        for row in data:
+            if type(row) is not list or len(row) != len(shape.cells):
+                return None
+            values: list[Any] = []
+            for cell, value in zip(shape.cells, row, strict=True):
+                if value is None:
+                    values.append(None)
+                elif isinstance(cell, EntityCell):
+                    attributes = cell.plan.codec.decode_values(value)
+                    values.append(instance_for(state.session, cell.plan, attributes))
+                else:
+                    values.append(value if cell.decoder is None else cell.decoder(value))
+            decoded.append(tuple(values))
+    except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
+        return None
+    return decoded
+
+
+def _store(
+    runtime: Runtime, shape: QueryShape, key: str, entry: bytes, lease: bytes, ttl: int
+) -> None:
+    if len(entry) > runtime.settings.max_entry_bytes:
+        runtime.stats.add(shape.label, "query_bypass:too_large")
+        return
+    try:
+        stored = runtime.driver.fill(key, entry, ttl, lease)
+    except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss
+        runtime.stats.add(shape.label, "errors")
+        runtime.stats.warn("fill_error", "cache fill failed: %r", exc)
+        return
+    runtime.stats.add(shape.label, "query_fills" if stored else "fill_rejected")
