@@ -13,7 +13,12 @@
 
 from sqlmodel_cache._api import SQLModelCache
 from sqlmodel_cache._config import CacheConfig, CacheSettings
-from sqlmodel_cache._errors import CacheError, ConfigurationError, MissingDependencyError
+from sqlmodel_cache._errors import (
+    CacheError,
+    ConfigurationError,
+    InvalidationError,
+    MissingDependencyError,
+)
 
 __version__ = "0.2.0"
 
@@ -22,6 +27,7 @@ __all__ = [
     "CacheError",
     "CacheSettings",
     "ConfigurationError",
+    "InvalidationError",
     "MissingDependencyError",
     "SQLModelCache",
     "__version__",

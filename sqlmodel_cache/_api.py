@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from sqlmodel_cache import _listeners, _state
+from typing import Any
+
+from sqlmodel_cache import _invalidation, _listeners, _state
 from sqlmodel_cache._codec import Framing
+from sqlmodel_cache._compat import greenlet_spawn
 from sqlmodel_cache._config import CacheSettings, check_ttl
 from sqlmodel_cache._driver import Driver
 from sqlmodel_cache._errors import ConfigurationError
@@ -96,13 +99,7 @@ class SQLModelCache:
         Raises:
             ConfigurationError: ``configure()`` has not been called (or ``reset()`` since).
         """
-        runtime = _state.runtime
-        if runtime is None:
-            raise ConfigurationError(
-                "sqlmodel-cache is not configured: call "
-                "SQLModelCache.configure(transport=...) once at application startup"
-            )
-        return runtime.settings
+        return _runtime().settings
 
     @classmethod
     def is_configured(cls) -> bool:
@@ -125,3 +122,56 @@ class SQLModelCache:
         """
         runtime = _state.runtime
         return {} if runtime is None else runtime.stats.snapshot()
+
+    # -- manual invalidation (SPEC W5) --------------------------------------------------
+
+    @classmethod
+    def invalidate(cls, model: type, *pks: Any) -> None:
+        """Invalidate cached rows of ``model`` by primary key, and every cached query over
+        its tables. Use after changing rows behind SQLAlchemy's back (raw SQL from other
+        programs). A composite key is a tuple: ``invalidate(Membership, ("acme", 1))``.
+
+        Raises:
+            InvalidationError: the transport failed, or is async (use :meth:`ainvalidate`).
+        """
+        runtime = _runtime()
+        _invalidation.apply(runtime, *_invalidation.rows(runtime, model, pks))
+
+    @classmethod
+    def invalidate_model(cls, model: type) -> None:
+        """Invalidate every cached row of ``model`` and every cached query over its tables,
+        in O(1) (no key scan)."""
+        runtime = _runtime()
+        _invalidation.apply(runtime, *_invalidation.model(runtime, model))
+
+    @classmethod
+    def invalidate_tables(cls, *table_names: str) -> None:
+        """Invalidate everything cached from the named tables (for tables without a model,
+        such as association tables): their rows and every query that reads them."""
+        runtime = _runtime()
+        _invalidation.apply(runtime, *_invalidation.tables(runtime, table_names))
+
+    @classmethod
+    async def ainvalidate(cls, model: type, *pks: Any) -> None:
+        """Async twin of :meth:`invalidate`, for async transports."""
+        await greenlet_spawn(cls.invalidate, model, *pks)
+
+    @classmethod
+    async def ainvalidate_model(cls, model: type) -> None:
+        """Async twin of :meth:`invalidate_model`."""
+        await greenlet_spawn(cls.invalidate_model, model)
+
+    @classmethod
+    async def ainvalidate_tables(cls, *table_names: str) -> None:
+        """Async twin of :meth:`invalidate_tables`."""
+        await greenlet_spawn(cls.invalidate_tables, *table_names)
+
+
+def _runtime() -> Runtime:
+    runtime = _state.runtime
+    if runtime is None:
+        raise ConfigurationError(
+            "sqlmodel-cache is not configured: call "
+            "SQLModelCache.configure(transport=...) once at application startup"
+        )
+    return runtime

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.util import await_only as _await_only
+from sqlalchemy.util import greenlet_spawn as greenlet_spawn
 
 T = TypeVar("T")
 

@@ -3,8 +3,9 @@
 ::
 
     CacheError                      base of every error this library raises
-    └── ConfigurationError          bad or missing configuration; the message says the fix
-        └── MissingDependencyError  an optional extra is not installed
+    ├── ConfigurationError          bad or missing configuration; the message says the fix
+    │   └── MissingDependencyError  an optional extra is not installed
+    └── InvalidationError           a manual invalidation (SQLModelCache.invalidate...) failed
 
 Transport failures (a dead Redis, a timeout) are never raised to the application on a
 read: the read falls back to the database and the failure is counted and logged.
@@ -30,3 +31,8 @@ class MissingDependencyError(ConfigurationError):
         )
         self.package = package
         self.extra = extra
+
+
+class InvalidationError(CacheError):
+    """An invalidation you asked for explicitly could not be done; the entries it names may
+    still be served until their TTL."""

@@ -83,7 +83,8 @@ class Uncacheable:
 
 
 def _is_literal_sql(element: Any) -> bool:
-    return isinstance(element, ColumnClause) and bool(element.is_literal)
+    """Literal SQL text in a column position; ``*`` (as in ``count(*)``) is harmless."""
+    return isinstance(element, ColumnClause) and bool(element.is_literal) and element.name != "*"
 
 
 def _tables_read(statement: Select[Any]) -> list[str] | str:

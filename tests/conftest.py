@@ -112,7 +112,7 @@ class Env:
     def reset_sql(self) -> None:
         self.statements.clear()
 
-    def keys(self) -> list[str]:
+    def cache_keys(self) -> list[str]:
         """Every cache key under this test's prefix."""
         if self.cache == "memory":
             return sorted(k for k in self.transport.keys() if k.startswith(self.prefix))  # noqa: SIM118
@@ -120,7 +120,7 @@ class Env:
         return sorted(k.decode() for k in self.inspect_client.scan_iter(f"{self.prefix}:*"))
 
     def row_keys(self) -> list[str]:
-        return [key for key in self.keys() if ":r:" in key]
+        return [key for key in self.cache_keys() if ":r:" in key]
 
     def raw_get(self, key: str) -> bytes | None:
         if self.cache == "memory":

@@ -191,4 +191,38 @@ Shelf.item_count = column_property(  # type: ignore[attr-defined]
 )
 
 
+class Employee(Base):
+    """Joined-table inheritance: queries over it read both tables."""
+
+    __tablename__ = "employee"
+    __cache_config__ = CacheConfig()
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "employee"}  # noqa: RUF012
+
+
+class Manager(Employee):
+    __tablename__ = "manager"
+    id: Mapped[int] = mapped_column(ForeignKey("employee.id"), primary_key=True)
+    budget: Mapped[int] = mapped_column(Integer, default=0)
+    __mapper_args__ = {"polymorphic_identity": "manager"}  # noqa: RUF012
+
+
+class Tip(SQLModel, table=True):
+    """Cached for get() only: its queries always go to the database."""
+
+    __cache_config__ = CacheConfig(queries=False)
+    id: int | None = Field(default=None, primary_key=True)
+    text: str = ""
+
+
+class Fact(SQLModel, table=True):
+    """A separate, shorter TTL for query results."""
+
+    __cache_config__ = CacheConfig(ttl=300, query_ttl=30)
+    id: int | None = Field(default=None, primary_key=True)
+    text: str = ""
+
+
 METADATAS = (SQLModel.metadata, Base.metadata)

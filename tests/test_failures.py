@@ -357,6 +357,7 @@ def test_public_api_is_exactly_all() -> None:
         "CacheError",
         "CacheSettings",
         "ConfigurationError",
+        "InvalidationError",
         "MissingDependencyError",
         "SQLModelCache",
         "__version__",

@@ -169,7 +169,7 @@ def test_rollback_touches_nothing(env: Env) -> None:
     """A rolled-back change leaves the cached value in place and correct."""
     _seed(env)
     env.run(_name_of(1))
-    before = env.keys()
+    before = env.cache_keys()
 
     def change_and_roll_back(session: Session) -> None:
         hero = session.get(Hero, 1)
@@ -179,7 +179,7 @@ def test_rollback_touches_nothing(env: Env) -> None:
         session.rollback()
 
     env.run(change_and_roll_back)
-    assert env.keys() == before
+    assert env.cache_keys() == before
     env.reset_sql()
     assert env.run(_name_of(1)) == "Spider"
     assert env.statements == []
@@ -580,7 +580,7 @@ def test_every_key_starts_with_the_prefix(env: Env) -> None:
     _seed(env)
     env.run(_name_of(1))
     env.run(lambda s: (setattr(s.get(Hero, 2), "name", "x"), s.commit()))
-    keys = env.keys()
+    keys = env.cache_keys()
     assert keys
     assert all(key.startswith(env.prefix + ":") for key in keys)
 
