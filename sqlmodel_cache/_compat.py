@@ -6,9 +6,11 @@ suite runs on both versions (see ``noxfile.py``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.util import await_only as _await_only
@@ -94,3 +96,20 @@ def autoflush(session: Session) -> None:
 def identity_token_of(load_options: Any) -> Any:
     """The horizontal-sharding identity token a load asks for (``None`` normally)."""
     return getattr(load_options, "_identity_token", None)
+
+
+_UNIQUE_FILTERS_ARG = (
+    "_create_unique_filters"  # SQLAlchemy 2.1: a function of the result
+    if "_create_unique_filters" in inspect.signature(SimpleResultMetaData.__init__).parameters
+    else "_unique_filters"  # SQLAlchemy 2.0: the list itself
+)
+
+
+def row_metadata(
+    keys: Sequence[str], extras: Sequence[Sequence[Any]], unique_filters: Sequence[Any]
+) -> SimpleResultMetaData:
+    """Result metadata like the ORM's: names, column expressions as alternate keys, and the
+    per-column hash functions ``Result.unique()`` uses (``id`` for entities)."""
+    filters = list(unique_filters)
+    value: Any = filters if _UNIQUE_FILTERS_ARG == "_unique_filters" else (lambda _: filters)
+    return SimpleResultMetaData(keys, extras, **{_UNIQUE_FILTERS_ARG: value})

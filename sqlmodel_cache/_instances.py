@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Result
-from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.engine.result import IteratorResult
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 
+from sqlmodel_cache._compat import row_metadata
 from sqlmodel_cache._models import ModelPlan
 
 
@@ -35,11 +36,23 @@ def instance_for(session: Session, plan: ModelPlan, values: dict[str, Any]) -> o
     return instance
 
 
+def hash_or_id(value: Any) -> int:
+    """Uniquing key of a value that may be unhashable (a JSON document)."""
+    try:
+        return hash(value)
+    except TypeError:
+        return id(value)
+
+
 def rows_result(
-    keys: Sequence[str], extras: Sequence[Sequence[Any]], rows: Sequence[tuple[Any, ...]]
+    keys: Sequence[str],
+    extras: Sequence[Sequence[Any]],
+    unique_filters: Sequence[Any],
+    rows: Sequence[tuple[Any, ...]],
 ) -> Result[Any]:
-    """A result over ``rows``, addressable by name and by column expression like the ORM's."""
-    return IteratorResult(SimpleResultMetaData(keys, extra=extras), iter(rows))
+    """A result over ``rows`` that behaves like the ORM's: addressable by name and by column
+    expression, and ``unique()`` compares entities by identity."""
+    return IteratorResult(row_metadata(keys, extras, unique_filters), iter(rows))
 
 
 def result_rows(result: Any) -> list[list[Any]]:

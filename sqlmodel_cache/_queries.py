@@ -28,7 +28,7 @@ from sqlalchemy.sql.visitors import iterate
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import FORMAT_VERSION, Decoder, Encoder, Unsupported, column_codec, dumps
-from sqlmodel_cache._instances import instance_for, result_rows, rows_result
+from sqlmodel_cache._instances import hash_or_id, instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import forget, own_writes_block, read_bypass
 from sqlmodel_cache._state import Runtime
@@ -70,6 +70,7 @@ class QueryShape:
     cells: tuple[EntityCell | ValueCell, ...]
     keys: tuple[str, ...]
     extras: tuple[tuple[Any, ...], ...]
+    unique_filters: tuple[Any, ...]
     schema: bytes
     ttl: int
 
@@ -148,6 +149,7 @@ def _analyse(runtime: Runtime, statement: Select[Any], dialect: Any) -> QuerySha
         cells=tuple(cells),
         keys=tuple(str(d["name"]) for d in descriptions),
         extras=tuple((d["expr"],) for d in descriptions),
+        unique_filters=tuple(id if isinstance(c, EntityCell) else hash_or_id for c in cells),
         schema=f"{FORMAT_VERSION:x}{digest[:15]}".encode("ascii"),
         ttl=min(ttl for ttl in ttls if ttl is not None),
     )
@@ -189,7 +191,8 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
     cache_key = statement._generate_cache_key()
     if cache_key is None:
         return None
-    dialect = state.session.get_bind(**state.bind_arguments).dialect
+    bind = state.session.get_bind(**state.bind_arguments)
+    dialect = bind.dialect
     memo_key = (dialect.name, cache_key.key)
     shape = runtime.shapes.get(memo_key)
     if shape is None:
@@ -199,7 +202,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
     if isinstance(shape, Uncacheable):
         stats.add(shape.label, f"query_bypass:{shape.reason}")
         return None
-    checked = read_bypass(runtime, state, shape.tables, shape.ttl)
+    checked = read_bypass(runtime, state, shape.tables, shape.ttl, bind)
     params = _parameter_values(state, cache_key) if isinstance(checked, int) else None
     if isinstance(checked, str) or params is None:
         stats.add(shape.label, f"query_bypass:{checked if isinstance(checked, str) else 'params'}")
@@ -221,7 +224,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
         rows = _decode(runtime, state, shape, key, fetched.entry)
         if rows is not None:
             stats.add(shape.label, "query_hits")
-            return rows_result(shape.keys, shape.extras, rows)
+            return rows_result(shape.keys, shape.extras, shape.unique_filters, rows)
         stats.add(shape.label, "errors")
         stats.warn("bad_entry", "undecodable cache entry for %s removed", shape.label)
         forget(runtime, key)

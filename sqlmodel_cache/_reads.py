@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
@@ -54,12 +55,22 @@ def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tupl
 
 
 def read_bypass(
-    runtime: Runtime, state: ORMExecuteState, tables: Sequence[str], default_ttl: int
+    runtime: Runtime,
+    state: ORMExecuteState,
+    tables: Sequence[str],
+    default_ttl: int,
+    bind: Engine | Connection,
 ) -> str | int:
     """Why this read must go to the database (SPEC R3), or else the TTL its entry gets.
 
-    Shared by gets and queries; ``tables`` are the tables the read reads."""
+    Shared by gets and queries; ``tables`` are the tables the read reads, ``bind`` the
+    engine or connection it would run on."""
     options = state.execution_options
+    if "schema_translate_map" in options or bind.get_execution_options().get(
+        "schema_translate_map"
+    ):
+        # One statement, several schemas: keys do not name the schema (see the docs).
+        return "schema_translate_map"
     cache = options.get("cache", True)
     if cache is not True:
         if cache is False:
@@ -105,7 +116,9 @@ def serve_get(
     model = plan.mapper.class_.__name__
     stats = runtime.stats
     tables = (plan.table_name,)
-    checked = read_bypass(runtime, state, tables, plan.config.ttl or runtime.settings.default_ttl)
+    default_ttl = plan.config.ttl or runtime.settings.default_ttl
+    bind = state.session.get_bind(**state.bind_arguments)
+    checked = read_bypass(runtime, state, tables, default_ttl, bind)
     if isinstance(checked, int):
         try:
             key = plan.row_key_for(pk)
@@ -136,7 +149,7 @@ def serve_get(
         else:
             instance = instance_for(state.session, plan, values)
             stats.add(model, "hits")
-            return rows_result([model], [()], [(instance,)])
+            return rows_result([model], [()], [id], [(instance,)])
 
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()

@@ -537,3 +537,52 @@ def test_results_above_the_size_limit_are_not_stored(mem_env: Env, size: int) ->
     SQLModelCache.configure(mem_env.transport, key_prefix=mem_env.prefix, max_entry_bytes=1024)
     mem_env.run(lambda s: s.exec(select(Hero)).all())
     assert SQLModelCache.stats()["Hero"]["query_bypass:too_large"] == 1
+
+
+def test_unique_works_on_hits(env: Env) -> None:
+    """``Result.unique()`` compares entities by identity on a hit, as the ORM does."""
+    _seed(env)
+
+    def unique_names(session: Session) -> list[str]:
+        heroes = session.execute(select(Hero).order_by(col(Hero.id))).unique().scalars().all()
+        return [hero.name for hero in heroes]
+
+    assert _twice(env, unique_names) == ["Spider", "Iron", "Daredevil"]
+
+
+def test_a_hit_is_one_transport_call_and_compiles_nothing(
+    mem_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a shape has been seen once, a hit makes exactly one transport call and never
+    compiles SQL (the shape is memoised by SQLAlchemy's statement cache key)."""
+    from sqlalchemy.sql import ClauseElement
+
+    from tests.test_failures import Flaky
+
+    _seed(mem_env)
+    counting = Flaky(mem_env.transport)
+    SQLModelCache.configure(counting, key_prefix=mem_env.prefix)
+    mem_env.run(_strong_names)
+
+    def no_compile(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("compiled on the hit path")
+
+    monkeypatch.setattr(ClauseElement, "compile", no_compile)
+    counting.calls = 0
+    mem_env.reset_sql()
+    assert mem_env.run(_strong_names) == ["Iron", "Daredevil"]
+    assert counting.calls == 1
+    assert mem_env.statements == []
+
+
+def test_schema_translate_map_bypasses(mem_env: Env) -> None:
+    """Keys do not name the schema, so reads under a schema_translate_map bypass the cache
+    (one statement, several tenants' schemas, must never share an entry)."""
+    _seed(mem_env)
+    translated = mem_env.engine.execution_options(schema_translate_map={None: "main"})
+    for _ in range(2):
+        with Session(translated) as session:
+            assert session.get(Hero, 1) is not None
+            assert len(session.exec(select(Hero)).all()) == 3
+    assert len(mem_env.selects()) == 4
+    assert mem_env.row_keys() == []
