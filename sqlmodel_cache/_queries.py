@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -84,15 +85,18 @@ class Uncacheable:
 
 
 def _is_literal_sql(element: Any) -> bool:
-    """Literal SQL text in a column position; ``*`` (as in ``count(*)``) is harmless."""
-    return isinstance(element, ColumnClause) and bool(element.is_literal) and element.name != "*"
+    """Literal SQL text in a column position; ``*`` and numbers (``count(*)``, the
+    ``EXISTS (SELECT 1 ...)`` of ``relationship.any()``) are harmless."""
+    if not isinstance(element, ColumnClause) or not element.is_literal:
+        return False
+    return not (element.name == "*" or element.name.isdigit())
 
 
-def _tables_read(statement: Select[Any]) -> list[str] | str:
-    """Every table the statement reads (subqueries and joins included), or the reason it
-    cannot be cached when it contains something whose reads or result we cannot know."""
+def _tables_read(*statements: Any) -> list[str] | str:
+    """Every table the statements read (subqueries and joins included), or the reason they
+    cannot be cached when they contain something whose reads or result we cannot know."""
     tables: set[str] = set()
-    for element in iterate(statement):
+    for element in chain.from_iterable(map(iterate, statements)):
         if isinstance(element, Table):
             tables.add(element.fullname)
         elif isinstance(element, (TextClause, TextualSelect)) or _is_literal_sql(element):
@@ -109,7 +113,11 @@ def _analyse(runtime: Runtime, statement: Select[Any], dialect: Any) -> QuerySha
     descriptions = statement.column_descriptions
     first = descriptions[0].get("entity") if descriptions else None
     label = getattr(first, "__name__", None) or "select"
-    tables = _tables_read(statement)
+    compiled = statement.compile(dialect=dialect)
+    # NOTE: the compiled form resolves ORM joins along relationships, so the association
+    # table of a many-to-many join is found there, not in the statement as written.
+    resolved = getattr(compiled.compile_state, "statement", None)
+    tables = _tables_read(statement, *([resolved] if resolved is not None else []))
     if isinstance(tables, str):
         return Uncacheable(label, tables)
     if label == "select":
@@ -137,7 +145,7 @@ def _analyse(runtime: Runtime, statement: Select[Any], dialect: Any) -> QuerySha
                 return Uncacheable(label, "value_type")
             cells.append(ValueCell(encoder, decoder))
             described.append(f"value:{kind!r}")
-    sql = str(statement.compile(dialect=dialect))
+    sql = str(compiled)
     identity = "\n".join([str(FORMAT_VERSION), dialect.name, sql, *described])
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
     prefix = runtime.settings.key_prefix

@@ -370,15 +370,33 @@ def test_many_to_many_association_table_retires_queries(env: Env) -> None:
 
     assert _twice(env, in_math) == ["Ann"]
 
+    def name_bob(session: Session) -> None:
+        session.get(Student, 2).name = "Bob"  # type: ignore[union-attr]
+
+    _write(env, name_bob)
+    assert _twice(env, in_math) == ["Ann"]
+
     def enroll(session: Session) -> None:
         course, student = session.get(Course, 1), session.get(Student, 2)
         assert course is not None
         assert student is not None
-        student.name = "Bob"
-        course.students.append(student)
+        course.students.append(student)  # writes the enrollment table only
 
     _write(env, enroll)
     assert env.run(in_math) == ["Ann", "Bob"]
+
+
+def test_relationship_any_is_cached_and_retired(env: Env) -> None:
+    """``Team.heroes.any(...)`` (an EXISTS subquery) is cached and retired by hero writes."""
+    _seed(env)
+
+    def strong_teams(session: Session) -> list[str]:
+        statement = select(Team.name).where(Team.heroes.any(Hero.power > 18))  # type: ignore[attr-defined]
+        return list(session.exec(statement))
+
+    assert _twice(env, strong_teams) == ["Avengers"]
+    _write(env, lambda s: setattr(s.get(Hero, 3), "power", 30))
+    assert sorted(env.run(strong_teams)) == ["Avengers", "Defenders"]
 
 
 def test_per_model_control(env: Env) -> None:
