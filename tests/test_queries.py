@@ -604,3 +604,48 @@ def test_schema_translate_map_bypasses(mem_env: Env) -> None:
             assert len(session.exec(select(Hero)).all()) == 3
     assert len(mem_env.selects()) == 4
     assert mem_env.row_keys() == []
+
+
+def test_concurrent_commit_during_a_query_miss_never_leaves_a_stale_result(
+    postgres_server: Any, redis_server: Any
+) -> None:
+    """SPEC C2 for query entries: a reader runs its SELECT, a writer commits an INSERT
+    (moving the table's tag) before the reader stores its result; that result carries the
+    old tag, so the next read is a miss that sees the new row. PostgreSQL + Redis."""
+    import threading
+
+    import redis
+    from sqlalchemy import create_engine, event
+
+    from sqlmodel_cache.transport import RedisSyncTransport
+    from tests.conftest import _truncate_postgres
+
+    _truncate_postgres(postgres_server.sync_url)
+    engine = create_engine(postgres_server.sync_url)
+    with Session(engine) as session:
+        session.add(Hero(id=1, name="Old", power=10))
+        session.commit()
+    client = redis.Redis.from_url(redis_server.url)
+    SQLModelCache.configure(RedisSyncTransport(client), key_prefix=f"qrace{os.getpid()}")
+    raced = threading.Event()
+
+    def writer_commits_now(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if raced.is_set() or "WHERE hero.power" not in statement:
+            return
+        raced.set()
+        with Session(engine) as writer:  # another connection, mid-miss
+            writer.add(Hero(id=2, name="New", power=10))
+            writer.commit()
+
+    def names() -> list[str]:
+        with Session(engine) as session:
+            statement = select(Hero.name).where(Hero.power >= 10).order_by(col(Hero.id))
+            return list(session.exec(statement))
+
+    event.listen(engine, "after_cursor_execute", writer_commits_now)
+    assert names() == ["Old"]  # read before the writer's commit
+    assert raced.is_set()
+    assert names() == ["Old", "New"]  # the result stored mid-race was never served
+    assert SQLModelCache.stats()["Hero"]["query_misses"] == 2
+    client.close()
+    engine.dispose()
