@@ -114,10 +114,13 @@ class SQLModelCache:
 
     @classmethod
     def stats(cls) -> dict[str, dict[str, int]]:
-        """Counters since ``configure()``: ``{model name: {event: count}}``.
+        """Counters since ``configure()``: ``{label: {event: count}}``.
 
-        Events: ``hits``, ``misses``, ``fills``, ``errors`` (failed or undecodable reads),
-        ``bypass:<reason>``; under ``"*"``: ``invalidations`` (keys) and
+        Labels are model class names (for a query: its first entity's class, or its first
+        table's name) and ``"*"`` for commits. Events: ``hits``, ``misses``, ``fills`` (gets);
+        ``query_hits``, ``query_misses``, ``query_fills``; ``bypass:<reason>`` and
+        ``query_bypass:<reason>``; ``fill_skipped:<reason>``, ``fill_rejected``; ``errors``
+        (failed or undecodable reads); under ``"*"``: ``invalidations`` (keys) and
         ``invalidation_errors``. Empty when not configured.
         """
         runtime = _state.runtime

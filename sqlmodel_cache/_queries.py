@@ -13,6 +13,7 @@ one round trip, never a SQL compilation.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -163,10 +164,22 @@ def _analyse(runtime: Runtime, statement: Select[Any], dialect: Any) -> QuerySha
     )
 
 
-def _typed(value: Any) -> Any:
-    """orjson fallback for parameter values: type-tagged, so two different values of two
-    different types can never produce the same key."""
-    return {"$type": f"{type(value).__module__}.{type(value).__qualname__}", "$value": str(value)}
+def _tagged(value: Any) -> Any:
+    """A parameter value as JSON that no value of another type or another value can share.
+
+    Only ``None``, ``str``, ``int``, ``bool`` and finite ``float`` are plain JSON (JSON tells
+    them apart); everything else is tagged with its type and ``repr`` (an enum member and its
+    value, a UUID and its string, ``inf`` and ``-inf`` and ``None`` all differ)."""
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is bool:
+        return value
+    if kind is float and math.isfinite(value):
+        return value
+    if kind is list or kind is tuple:
+        return [_tagged(item) for item in value]
+    if kind is dict:
+        return {"$dict": [[_tagged(k), _tagged(v)] for k, v in value.items()]}
+    return {"$type": f"{kind.__module__}.{kind.__qualname__}", "$repr": repr(value)}
 
 
 def _parameter_values(state: ORMExecuteState, cache_key: Any) -> bytes | None:
@@ -183,7 +196,7 @@ def _parameter_values(state: ORMExecuteState, cache_key: Any) -> bytes | None:
         else:
             return None  # a required parameter is missing: let the database say so
     try:
-        return orjson.dumps(values, default=_typed, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+        return orjson.dumps(_tagged(values))
     except (TypeError, orjson.JSONEncodeError):
         return None
 
@@ -246,8 +259,8 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
             stats.add(shape.label, "fill_skipped:own_writes")
         else:
             body = _encode(shape, result_rows(frozen), known)
-            if body is None:
-                stats.add(shape.label, "fill_skipped:session_state")
+            if isinstance(body, str):
+                stats.add(shape.label, f"fill_skipped:{body}")
             else:
                 header = b"".join(fetched.tags) + shape.schema
                 entry = runtime.framing.frame(key, header, body)
@@ -255,8 +268,9 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
     return frozen()
 
 
-def _encode(shape: QueryShape, rows: list[list[Any]], known: set[Any]) -> bytes | None:
-    """The JSON body of a result, or ``None`` if a row is not exactly the database's.
+def _encode(shape: QueryShape, rows: list[list[Any]], known: set[Any]) -> bytes | str:
+    """The JSON body of a result, or why it is not stored: ``session_state`` when an entity
+    may not be exactly the database's row, ``unsupported_value`` for a value we cannot store.
 
     NOTE: an entity the session held before this query is returned as the session's object,
     whose attributes may predate the row just read (or hold unflushed changes); such a
@@ -271,16 +285,16 @@ def _encode(shape: QueryShape, rows: list[list[Any]], known: set[Any]) -> bytes 
                 elif isinstance(cell, EntityCell):
                     state = instance_state(value)
                     if type(value) is not cell.plan.mapper.class_ or state.modified:
-                        return None
+                        return "session_state"
                     if state.key in known:
-                        return None
+                        return "session_state"
                     cells.append(cell.plan.codec.encode_values(state.dict))
                 else:
                     cells.append(cell.encoder(value))
             encoded.append(cells)
         return dumps(encoded)
     except (Unsupported, ValueError):
-        return None
+        return "unsupported_value"
 
 
 def _decode(

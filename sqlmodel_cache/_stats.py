@@ -26,8 +26,7 @@ class Stats:
             self._counts[(model, event)] += amount
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        """``{model: {event: count}}``; events are ``hits``, ``misses``, ``fills``,
-        ``bypass:<reason>``, ``invalidations``, ``errors`` and the like."""
+        """``{label: {event: count}}`` (see ``SQLModelCache.stats()`` for the events)."""
         with self._lock:
             result: dict[str, dict[str, int]] = {}
             for (model, event), count in sorted(self._counts.items()):

@@ -649,3 +649,21 @@ def test_concurrent_commit_during_a_query_miss_never_leaves_a_stale_result(
     assert SQLModelCache.stats()["Hero"]["query_misses"] == 2
     client.close()
     engine.dispose()
+
+
+def test_parameter_values_of_different_types_never_share_an_entry(mem_env: Env) -> None:
+    """inf and -inf, an enum member and its value: JSON would spell them alike; the key
+    does not, so each gets its own entry and the right answer."""
+    from tests.models import Color, Specimen
+
+    mem_env.run(
+        lambda s: (s.add_all([Specimen(id=1, ratio=0.5), Specimen(id=2, ratio=2.0)]), s.commit())
+    )
+
+    def ids(statement: Any) -> Any:
+        return lambda s: list(s.exec(statement))
+
+    assert mem_env.run(ids(select(Specimen.id).where(Specimen.ratio < float("inf")))) == [1, 2]
+    assert mem_env.run(ids(select(Specimen.id).where(Specimen.ratio < float("-inf")))) == []
+    assert mem_env.run(ids(select(Specimen.id).where(Specimen.color == Color.RED))) == [1, 2]
+    assert mem_env.run(ids(select(Specimen.id).where(Specimen.color == "red"))) == []
