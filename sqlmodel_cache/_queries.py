@@ -32,7 +32,7 @@ from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import FORMAT_VERSION, Decoder, Encoder, Unsupported, column_codec, dumps
 from sqlmodel_cache._instances import hash_or_id, instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
-from sqlmodel_cache._reads import forget, own_writes_block, read_bypass
+from sqlmodel_cache._reads import fetch, forget, own_writes_block, read_bypass, store
 from sqlmodel_cache._state import Runtime
 
 #: SQL functions whose result depends only on their arguments. Any other function (now(),
@@ -231,15 +231,10 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
 
     key_digest = hashlib.sha256(shape.digest.encode("ascii") + b"\0" + params).hexdigest()
     key = _keys.query_key(runtime.settings.key_prefix, key_digest[:48])
-    lease = _keys.new_lease()
-    try:
-        fetched = runtime.driver.fetch(
-            key, shape.tag_keys, shape.schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
-        )
-    except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
-        stats.add(shape.label, "errors")
-        stats.warn("read_error", "cache read failed, using the database: %r", exc)
+    found = fetch(runtime, shape.label, key, shape.tag_keys, shape.schema)
+    if found is None:
         return None
+    fetched, lease = found
 
     if fetched.entry is not None:
         rows = _decode(runtime, state, shape, key, fetched.entry)
@@ -263,8 +258,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
                 stats.add(shape.label, f"fill_skipped:{body}")
             else:
                 header = b"".join(fetched.tags) + shape.schema
-                entry = runtime.framing.frame(key, header, body)
-                _store(runtime, shape, key, entry, lease, checked)
+                store(runtime, shape.label, "query_", key, header, body, checked, lease)
     return frozen()
 
 
@@ -326,18 +320,3 @@ def _decode(
     except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
         return None
     return decoded
-
-
-def _store(
-    runtime: Runtime, shape: QueryShape, key: str, entry: bytes, lease: bytes, ttl: int
-) -> None:
-    if len(entry) > runtime.settings.max_entry_bytes:
-        runtime.stats.add(shape.label, "query_bypass:too_large")
-        return
-    try:
-        stored = runtime.driver.fill(key, entry, ttl, lease)
-    except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss
-        runtime.stats.add(shape.label, "errors")
-        runtime.stats.warn("fill_error", "cache fill failed: %r", exc)
-        return
-    runtime.stats.add(shape.label, "query_fills" if stored else "fill_rejected")

@@ -28,6 +28,7 @@ from sqlmodel_cache._instances import instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import tracker_of
+from sqlmodel_cache.transport._protocols import Fetched
 
 
 def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tuple[Any, ...]] | None:
@@ -130,15 +131,10 @@ def serve_get(
     ttl = checked
 
     schema = plan.codec.schema
-    lease = _keys.new_lease()
-    try:
-        fetched = runtime.driver.fetch(
-            key, (plan.row_tag_key,), schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
-        )
-    except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
-        stats.add(model, "errors")
-        stats.warn("read_error", "cache read failed, using the database: %r", exc)
+    found = fetch(runtime, model, key, (plan.row_tag_key,), schema)
+    if found is None:
         return None
+    fetched, lease = found
 
     if fetched.entry is not None:
         values = _decode_hit(runtime, plan, key, fetched.entry)
@@ -206,17 +202,49 @@ def _fill(
     except Unsupported:
         runtime.stats.add(model, "bypass:unsupported_value")
         return
-    entry = runtime.framing.frame(key, b"".join(tags) + plan.codec.schema, body)
+    store(runtime, model, "", key, b"".join(tags) + plan.codec.schema, body, ttl, lease)
+
+
+def fetch(
+    runtime: Runtime, label: str, key: str, tag_keys: Sequence[str], schema: bytes
+) -> tuple[Fetched, bytes] | None:
+    """One round trip: the valid entry under ``key``, or the lease to fill it (returned
+    with the fetch). ``None``, counted and logged, when the transport fails."""
+    lease = _keys.new_lease()
+    try:
+        fetched = runtime.driver.fetch(
+            key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
+        )
+    except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
+        runtime.stats.add(label, "errors")
+        runtime.stats.warn("read_error", "cache read failed, using the database: %r", exc)
+        return None
+    return fetched, lease
+
+
+def store(
+    runtime: Runtime,
+    label: str,
+    events: str,
+    key: str,
+    header: bytes,
+    body: bytes,
+    ttl: int,
+    lease: bytes,
+) -> None:
+    """Frame ``body`` and fill ``key`` with it if it fits and the lease still holds.
+    ``events`` prefixes the counters (``""`` for gets, ``"query_"`` for queries)."""
+    entry = runtime.framing.frame(key, header, body)
     if len(entry) > runtime.settings.max_entry_bytes:
-        runtime.stats.add(model, "bypass:too_large")
+        runtime.stats.add(label, f"{events}bypass:too_large")
         return
     try:
         stored = runtime.driver.fill(key, entry, ttl, lease)
     except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss
-        runtime.stats.add(model, "errors")
+        runtime.stats.add(label, "errors")
         runtime.stats.warn("fill_error", "cache fill failed: %r", exc)
         return
-    runtime.stats.add(model, "fills" if stored else "fill_rejected")
+    runtime.stats.add(label, f"{events}fills" if stored else "fill_rejected")
 
 
 def forget(runtime: Runtime, key: str) -> None:
