@@ -225,4 +225,14 @@ class Fact(SQLModel, table=True):
     text: str = ""
 
 
+class Counter(SQLModel, table=True):
+    """The stale-read checker's row: ``seq`` counts commits, ``token`` is unique per write
+    attempt (so a value from a rolled-back attempt is recognisable)."""
+
+    __cache_config__ = CacheConfig(ttl=60)
+    id: int | None = Field(default=None, primary_key=True)
+    seq: int = 0
+    token: str = "initial"
+
+
 METADATAS = (SQLModel.metadata, Base.metadata)
