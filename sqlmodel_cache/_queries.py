@@ -312,11 +312,26 @@ def _decode(
                 if value is None:
                     values.append(None)
                 elif isinstance(cell, EntityCell):
-                    attributes = cell.plan.codec.decode_values(value)
-                    values.append(instance_for(state.session, cell.plan, attributes))
+                    values.append(_Pending(cell.plan, cell.plan.codec.decode_values(value)))
                 else:
                     values.append(value if cell.decoder is None else cell.decoder(value))
-            decoded.append(tuple(values))
+            decoded.append(values)
     except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
         return None
-    return decoded
+    # Only a fully valid entry touches the session: objects join it after every row decoded.
+    session = state.session
+    return [
+        tuple(
+            instance_for(session, v.plan, v.attributes) if isinstance(v, _Pending) else v
+            for v in values
+        )
+        for values in decoded
+    ]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A decoded entity row, not yet turned into a session object."""
+
+    plan: ModelPlan
+    attributes: dict[str, Any]

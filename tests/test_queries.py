@@ -667,3 +667,40 @@ def test_parameter_values_of_different_types_never_share_an_entry(mem_env: Env) 
     assert mem_env.run(ids(select(Specimen.id).where(Specimen.ratio < float("-inf")))) == []
     assert mem_env.run(ids(select(Specimen.id).where(Specimen.color == Color.RED))) == [1, 2]
     assert mem_env.run(ids(select(Specimen.id).where(Specimen.color == "red"))) == []
+
+
+def test_corrupt_query_entries_are_misses_and_never_touch_the_session(mem_env: Env) -> None:
+    """A query entry whose last row is corrupt is a miss: no object built from its valid
+    first rows reaches the session, and the database answers."""
+    _seed(mem_env)
+    mem_env.run(_strong_names)
+    [key] = [k for k in mem_env.cache_keys() if ":q:" in k]
+    entry = mem_env.raw_get(key)
+    assert entry is not None
+    header_size = entry.index(b"[[")
+    rows = entry[header_size:]
+    forged = rows.replace(b'"Iron"', b'"Forged"').replace(b'"Daredevil"', b"15")
+    mem_env.raw_set(key, entry[:header_size] + forged)
+    attached: list[object] = []
+
+    def read(session: Session) -> list[str]:
+        from sqlalchemy import event
+
+        event.listen(session, "before_attach", lambda _s, obj: attached.append(obj))
+        return _strong_names(session)
+
+    assert mem_env.run(read) == ["Iron", "Daredevil"]
+    assert attached == []  # nothing built from the entry joined the session
+    assert SQLModelCache.stats()["Hero"]["errors"] == 1
+
+
+def test_query_reads_fail_open(mem_env: Env) -> None:
+    """A failing transport makes a query go to the database, counted, never raised."""
+    from tests.test_failures import Flaky
+
+    _seed(mem_env)
+    flaky = Flaky(mem_env.transport)
+    SQLModelCache.configure(flaky, key_prefix=mem_env.prefix)
+    flaky.failing = True
+    assert mem_env.run(_strong_names) == ["Iron", "Daredevil"]
+    assert SQLModelCache.stats()["Hero"]["errors"] == 1
