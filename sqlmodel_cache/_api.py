@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlmodel_cache import _invalidation, _listeners, _state
+from sqlmodel_cache._breaker import CircuitBreaker
 from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._compat import greenlet_spawn
 from sqlmodel_cache._config import CacheSettings, check_ttl
@@ -37,6 +38,8 @@ class SQLModelCache:
         max_entry_bytes: int = 1_048_576,
         lease_ttl: float = 5.0,
         signing_key: bytes | None = None,
+        breaker_threshold: int = 5,
+        breaker_reset: float = 5.0,
     ) -> None:
         """Turn caching on for every SQLAlchemy/SQLModel session in the process.
 
@@ -54,6 +57,10 @@ class SQLModelCache:
                 arriving later is dropped (it might be stale).
             signing_key: when set, entries are signed with HMAC-SHA256 and unsigned or
                 forged entries are misses; use it when others can write to the Redis.
+            breaker_threshold: consecutive cache failures after which the circuit breaker
+                opens: reads skip the cache, so a dead cache costs no more timeouts.
+            breaker_reset: seconds the breaker stays open; then one read probes the cache,
+                and an answer closes the breaker.
 
         Raises:
             ConfigurationError: a value is invalid; the message says which and why.
@@ -68,6 +75,18 @@ class SQLModelCache:
             raise ConfigurationError(f"max_entry_bytes must be at least 64, got {max_entry_bytes}")
         if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or lease_ttl <= 0:
             raise ConfigurationError(f"lease_ttl must be a positive number, got {lease_ttl!r}")
+        if isinstance(breaker_threshold, bool) or not isinstance(breaker_threshold, int):
+            raise ConfigurationError(f"breaker_threshold must be an int, got {breaker_threshold!r}")
+        if breaker_threshold < 1:
+            raise ConfigurationError(f"breaker_threshold must be >= 1, got {breaker_threshold}")
+        if (
+            isinstance(breaker_reset, bool)
+            or not isinstance(breaker_reset, (int, float))
+            or breaker_reset <= 0
+        ):
+            raise ConfigurationError(
+                f"breaker_reset must be a positive number, got {breaker_reset!r}"
+            )
         if signing_key is not None and (
             not isinstance(signing_key, bytes) or len(signing_key) < 16
         ):
@@ -88,6 +107,7 @@ class SQLModelCache:
             driver=driver,
             registry=ModelRegistry(key_prefix, default_ttl),
             framing=Framing(signing_key),
+            breaker=CircuitBreaker(breaker_threshold, float(breaker_reset)),
         )
         if enabled:
             _listeners.install()

@@ -231,7 +231,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
 
     key_digest = hashlib.sha256(shape.digest.encode("ascii") + b"\0" + params).hexdigest()
     key = _keys.query_key(runtime.settings.key_prefix, key_digest[:48])
-    found = fetch(runtime, shape.label, key, shape.tag_keys, shape.schema)
+    found = fetch(runtime, shape.label, "query_", key, shape.tag_keys, shape.schema)
     if found is None:
         return None
     fetched, lease = found

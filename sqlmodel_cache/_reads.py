@@ -131,7 +131,7 @@ def serve_get(
     ttl = checked
 
     schema = plan.codec.schema
-    found = fetch(runtime, model, key, (plan.row_tag_key,), schema)
+    found = fetch(runtime, model, "", key, (plan.row_tag_key,), schema)
     if found is None:
         return None
     fetched, lease = found
@@ -206,20 +206,37 @@ def _fill(
 
 
 def fetch(
-    runtime: Runtime, label: str, key: str, tag_keys: Sequence[str], schema: bytes
+    runtime: Runtime, label: str, events: str, key: str, tag_keys: Sequence[str], schema: bytes
 ) -> tuple[Fetched, bytes] | None:
     """One round trip: the valid entry under ``key``, or the lease to fill it (returned
-    with the fetch). ``None``, counted and logged, when the transport fails."""
+    with the fetch). ``None`` when the circuit breaker is open, or (counted and logged) when
+    the transport fails."""
+    if not runtime.breaker.allow():
+        runtime.stats.add(label, f"{events}bypass:circuit_open")
+        return None
     lease = _keys.new_lease()
     try:
         fetched = runtime.driver.fetch(
             key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
         )
     except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
-        runtime.stats.add(label, "errors")
-        runtime.stats.warn("read_error", "cache read failed, using the database: %r", exc)
+        transport_failed(runtime, label, "cache read failed, using the database: %r", exc)
         return None
+    runtime.breaker.record_success()
     return fetched, lease
+
+
+def transport_failed(runtime: Runtime, label: str, message: str, exc: Exception) -> None:
+    """Count and log a failed read or fill, and feed the circuit breaker."""
+    runtime.stats.add(label, "errors")
+    runtime.stats.warn("read_error", message, exc)
+    if runtime.breaker.record_failure():
+        runtime.stats.add("*", "circuit_opened")
+        runtime.stats.warn(
+            "circuit_open",
+            "the cache keeps failing: reads skip it for %.1f s, then one read probes it",
+            runtime.breaker.reset_after,
+        )
 
 
 def store(
@@ -241,8 +258,7 @@ def store(
     try:
         stored = runtime.driver.fill(key, entry, ttl, lease)
     except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss
-        runtime.stats.add(label, "errors")
-        runtime.stats.warn("fill_error", "cache fill failed: %r", exc)
+        transport_failed(runtime, label, "cache fill failed: %r", exc)
         return
     runtime.stats.add(label, f"{events}fills" if stored else "fill_rejected")
 

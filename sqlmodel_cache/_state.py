@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlmodel_cache._breaker import CircuitBreaker
 from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._config import CacheSettings
 from sqlmodel_cache._driver import Driver
@@ -21,6 +22,7 @@ class Runtime:
     driver: Driver
     registry: ModelRegistry
     framing: Framing
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     stats: Stats = field(default_factory=Stats)
     shapes: ShapeCache[Any] = field(default_factory=ShapeCache)
 

@@ -191,3 +191,45 @@ def test_driver_refuses_non_transports() -> None:
     """An object without get/set/delete is not a transport."""
     with pytest.raises(ConfigurationError, match="lacks get, set, delete"):
         Driver(object())
+
+
+def test_from_url_bounds_timeouts(redis_server: servers.RedisServer) -> None:
+    """from_url() clients have bounded socket and connect timeouts by default."""
+    transport = RedisSyncTransport.from_url(redis_server.url)
+    kwargs = transport.client.get_connection_kwargs()
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.25, 0.25)
+    transport.set("k", b"v", 10)
+    assert transport.get("k") == b"v"
+    transport.client.close()
+    async_transport = RedisAsyncTransport.from_url(redis_server.url, timeout=0.5)
+    assert async_transport.client.get_connection_kwargs()["socket_timeout"] == 0.5
+
+
+def test_a_client_without_timeouts_is_accepted_with_a_warning(
+    redis_server: servers.RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No socket_timeout: accepted, but the log says what it risks and how to fix it."""
+    import logging
+
+    client = redis.Redis.from_url(redis_server.url)
+    with caplog.at_level(logging.WARNING, logger="sqlmodel_cache"):
+        RedisSyncTransport(client)
+    assert any("no socket_timeout" in record.message for record in caplog.records)
+    client.close()
+
+
+def test_a_black_holed_server_costs_at_most_the_timeout() -> None:
+    """A server that accepts connections and never answers: a from_url() transport gives up
+    after its timeout instead of hanging."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    transport = RedisSyncTransport.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.TimeoutError):
+        transport.get("k")
+    assert time.monotonic() - started < 2.0
+    listener.close()

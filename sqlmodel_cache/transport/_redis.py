@@ -7,11 +7,12 @@ building and reply parsing are shared; only the call differs between the two cla
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from sqlmodel_cache._errors import ConfigurationError
+from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
 from sqlmodel_cache.transport._protocols import Fetched
 
 
@@ -20,6 +21,16 @@ def _script_source(name: str) -> str:
 
 
 _SCRIPTS = ("fetch", "fill", "invalidate")
+
+logger = logging.getLogger("sqlmodel_cache")
+
+
+def _connection_kwargs(client: Any) -> dict[str, Any]:
+    get_kwargs = getattr(client, "get_connection_kwargs", None)
+    if callable(get_kwargs):
+        return dict(get_kwargs())
+    pool = getattr(client, "connection_pool", None)
+    return dict(getattr(pool, "connection_kwargs", {}) or {})
 
 
 def _check_client(client: object, kind: str) -> None:
@@ -33,14 +44,7 @@ def _check_client(client: object, kind: str) -> None:
         raise ConfigurationError(
             f"{kind} needs a redis-py client with register_script(), got {type(client).__name__}"
         )
-    kwargs: dict[str, Any] = {}
-    get_kwargs = getattr(client, "get_connection_kwargs", None)
-    if callable(get_kwargs):
-        kwargs = dict(get_kwargs())
-    else:
-        pool = getattr(client, "connection_pool", None)
-        kwargs = dict(getattr(pool, "connection_kwargs", {}) or {})
-    if kwargs.get("decode_responses"):
+    if _connection_kwargs(client).get("decode_responses"):
         raise ConfigurationError(
             f"{kind} needs a client created with decode_responses=False (the default): "
             "cache entries are bytes, and decoding them to str would corrupt them"
@@ -54,16 +58,51 @@ def _parse_fetch(reply: Sequence[Any]) -> Fetched:
     return Fetched(None, bool(reply[1]), tuple(bytes(tag) for tag in reply[2:]))
 
 
+#: Default socket and connect timeout of ``from_url()`` clients, in seconds: a black-holed
+#: cache server costs at most this per operation until the circuit breaker opens.
+DEFAULT_TIMEOUT = 0.25
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise MissingDependencyError("redis", "redis") from None
+    return redis
+
+
+def _warn_if_unbounded(client: Any, kind: str) -> None:
+    kwargs = _connection_kwargs(client)
+    if kwargs and kwargs.get("socket_timeout") is None:
+        logger.warning(
+            "%s: the client has no socket_timeout, so an unreachable Redis can block a read "
+            "for the OS TCP timeout; pass socket_timeout=... or use %s.from_url()",
+            kind,
+            kind,
+        )
+
+
 class RedisSyncTransport:
     """Synchronous transport over a ``redis.Redis`` client (Redis or Valkey).
 
     Args:
         client: a configured client created with ``decode_responses=False`` (the default).
-            Timeouts, TLS (``rediss://``), ACL users and pools are set on the client.
+            Timeouts, TLS (``rediss://``), ACL users and pools are set on the client; a
+            client without ``socket_timeout`` is accepted with a warning.
     """
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
+    ) -> RedisSyncTransport:
+        """A transport over ``redis.Redis.from_url(url)`` with bounded timeouts."""
+        options.setdefault("socket_timeout", timeout)
+        options.setdefault("socket_connect_timeout", timeout)
+        return cls(_import_redis().Redis.from_url(url, **options))
 
     def __init__(self, client: Any) -> None:
         _check_client(client, "RedisSyncTransport")
+        _warn_if_unbounded(client, "RedisSyncTransport")
         self.client = client
         self._fetch, self._fill, self._invalidate = (
             client.register_script(_script_source(f"{name}.lua")) for name in _SCRIPTS
@@ -112,8 +151,21 @@ class RedisAsyncTransport:
         client: a configured client created with ``decode_responses=False`` (the default).
     """
 
+    @classmethod
+    def from_url(
+        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
+    ) -> RedisAsyncTransport:
+        """A transport over ``redis.asyncio.Redis.from_url(url)`` with bounded timeouts."""
+        options.setdefault("socket_timeout", timeout)
+        options.setdefault("socket_connect_timeout", timeout)
+        _import_redis()
+        import redis.asyncio
+
+        return cls(redis.asyncio.Redis.from_url(url, **options))
+
     def __init__(self, client: Any) -> None:
         _check_client(client, "RedisAsyncTransport")
+        _warn_if_unbounded(client, "RedisAsyncTransport")
         self.client = client
         self._fetch, self._fill, self._invalidate = (
             client.register_script(_script_source(f"{name}.lua")) for name in _SCRIPTS
