@@ -40,6 +40,7 @@ class SQLModelCache:
         signing_key: bytes | None = None,
         breaker_threshold: int = 5,
         breaker_reset: float = 5.0,
+        raise_on_invalidation_error: bool = False,
     ) -> None:
         """Turn caching on for every SQLAlchemy/SQLModel session in the process.
 
@@ -61,14 +62,22 @@ class SQLModelCache:
                 opens: reads skip the cache, so a dead cache costs no more timeouts.
             breaker_reset: seconds the breaker stays open; then one read probes the cache,
                 and an answer closes the breaker.
+            raise_on_invalidation_error: ``True`` makes ``commit()`` raise
+                ``InvalidationError`` (after the database commit succeeded) when the cache
+                could not be invalidated; by default it is logged at ERROR, counted, and
+                retried.
 
         Raises:
             ConfigurationError: a value is invalid; the message says which and why.
         """
         check_ttl(default_ttl, "default_ttl")
         _check_prefix(key_prefix)
-        if not isinstance(enabled, bool):
-            raise ConfigurationError(f"enabled must be a bool, got {enabled!r}")
+        for name, flag in (
+            ("enabled", enabled),
+            ("raise_on_invalidation_error", raise_on_invalidation_error),
+        ):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be a bool, got {flag!r}")
         if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int):
             raise ConfigurationError(f"max_entry_bytes must be an int, got {max_entry_bytes!r}")
         if max_entry_bytes < 64:
@@ -100,6 +109,7 @@ class SQLModelCache:
             max_entry_bytes=max_entry_bytes,
             lease_ttl=float(lease_ttl),
             signing_key=signing_key,
+            raise_on_invalidation_error=raise_on_invalidation_error,
         )
         _listeners.uninstall()
         _state.runtime = Runtime(

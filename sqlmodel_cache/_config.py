@@ -67,3 +67,4 @@ class CacheSettings:
     max_entry_bytes: int = 1_048_576
     lease_ttl: float = 5.0
     signing_key: bytes | None = field(default=None, repr=False)
+    raise_on_invalidation_error: bool = False

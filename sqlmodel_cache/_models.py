@@ -153,6 +153,15 @@ class ModelRegistry:
             self._refresh_tables()
         return self._table_ttls.get(table_name)
 
+    def longest_ttl(self, at_least: int) -> int:
+        """The longest TTL any cache-enabled model is configured with (or ``at_least``)."""
+        self._refresh_tables()
+        ttls = [at_least, self._default_ttl]
+        for config in self._configs.values():
+            if config is not None:
+                ttls.extend(ttl for ttl in (config.ttl, config.query_ttl) if ttl is not None)
+        return max(ttls)
+
     def note_registry(self, registry: Any) -> None:
         self._registries.add(registry)
 

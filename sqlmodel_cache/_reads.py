@@ -27,7 +27,7 @@ from sqlmodel_cache._compat import (
 from sqlmodel_cache._instances import instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
-from sqlmodel_cache._writes import tracker_of
+from sqlmodel_cache._writes import deliver, tracker_of
 from sqlmodel_cache.transport._protocols import Fetched
 
 
@@ -90,6 +90,11 @@ def read_bypass(
         autoflush(state.session)
     if own_writes_block(state.session, tables):
         return "own_writes"
+    pending = runtime.pending
+    if pending and pending.retry_due():
+        deliver(runtime, set(), set(), set())
+    if pending.blocks(tables):
+        return "pending_invalidation"
     ttl = options.get("cache_ttl", default_ttl)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         runtime.stats.warn("cache_ttl", "execution option cache_ttl must be a positive int")
@@ -255,6 +260,7 @@ def store(
     if len(entry) > runtime.settings.max_entry_bytes:
         runtime.stats.add(label, f"{events}bypass:too_large")
         return
+    runtime.max_ttl = max(runtime.max_ttl, ttl)
     try:
         stored = runtime.driver.fill(key, entry, ttl, lease)
     except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss

@@ -10,6 +10,7 @@ from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._config import CacheSettings
 from sqlmodel_cache._driver import Driver
 from sqlmodel_cache._models import ModelRegistry
+from sqlmodel_cache._pending import PendingInvalidations
 from sqlmodel_cache._shapes import ShapeCache
 from sqlmodel_cache._stats import Stats
 
@@ -23,8 +24,13 @@ class Runtime:
     registry: ModelRegistry
     framing: Framing
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    pending: PendingInvalidations = field(default_factory=PendingInvalidations)
     stats: Stats = field(default_factory=Stats)
     shapes: ShapeCache[Any] = field(default_factory=ShapeCache)
+
+    #: The longest TTL this process has stored an entry with (pending invalidations last
+    #: that long: every entry they would have removed has expired by then).
+    max_ttl: int = 0
 
     @property
     def lease_ttl_ms(self) -> int:

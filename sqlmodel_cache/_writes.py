@@ -22,6 +22,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
 from sqlmodel_cache._compat import flushed_states
+from sqlmodel_cache._errors import InvalidationError
 from sqlmodel_cache._state import Runtime
 
 TRACKER_KEY = "sqlmodel_cache.tracker"
@@ -162,33 +163,61 @@ def after_commit(runtime: Runtime, session: Session) -> None:
         for name in runtime.registry.cached_tables():
             table_prefix = _keys.table_part(prefix, name)
             tag_keys.update((_keys.row_tag_key(table_prefix), _keys.data_tag_key(table_prefix)))
+    tables = set(tracker.written_tables)
+    if tracker.unknown_writes:
+        tables |= runtime.registry.cached_tables()
     if not tracker.row_keys and not tag_keys:
         return
-    stats = runtime.stats
-    if not runtime.driver.usable_here():
-        stats.add("*", "invalidation_errors")
-        stats.warn(
-            "invalidate_async_in_sync",
-            "a sync Session committed but the configured transport is async: the cache was "
-            "NOT invalidated and may serve stale rows until their TTL; configure a sync "
-            "transport for sync sessions",
-            level=logging.ERROR,
-        )
-        return
+    error = deliver(runtime, tracker.row_keys, tag_keys, tables)
+    if error is not None and runtime.settings.raise_on_invalidation_error:
+        raise InvalidationError(
+            f"the commit succeeded but its cache invalidation failed ({error!r}); it will be "
+            "retried, and this process reads the affected tables from the database meanwhile"
+        ) from error
+
+
+def deliver(
+    runtime: Runtime, row_keys: set[str], tag_keys: set[str], tables: set[str]
+) -> Exception | None:
+    """Invalidate these keys, and every pending one, in one transport call.
+
+    On failure they are kept pending (SPEC F3): logged at ERROR, counted, retried with the
+    next invalidation or read, and meanwhile this process does not read ``tables`` from the
+    cache. Returns the failure, if any."""
+    pending = runtime.pending
+    count, pending_rows, pending_tags = pending.take()
+    rows, tags = sorted(row_keys | pending_rows), sorted(tag_keys | pending_tags)
+    if not rows and not tags:
+        return None
     try:
-        runtime.driver.invalidate(sorted(tracker.row_keys), sorted(tag_keys), _keys.new_tag())
+        if not runtime.driver.usable_here():
+            raise InvalidationError("a sync Session cannot drive the configured async transport")
+        if not runtime.breaker.allow():
+            raise InvalidationError("the circuit breaker is open: the cache is failing")
+        try:
+            runtime.driver.invalidate(rows, tags, _keys.new_tag())
+        except Exception:
+            runtime.breaker.record_failure()
+            raise
     except Exception as exc:  # noqa: BLE001 - writes shout, but the commit already happened
-        stats.add("*", "invalidation_errors")
-        stats.warn(
+        pending.failed()
+        if row_keys or tag_keys:
+            pending.add(row_keys, tag_keys, tables, runtime.registry.longest_ttl(runtime.max_ttl))
+        runtime.stats.add("*", "invalidation_errors")
+        runtime.stats.warn(
             "invalidate_error",
-            "cache invalidation after commit FAILED (%r): up to %d keys may be stale until "
-            "their TTL expires",
+            "cache invalidation after commit FAILED (%r): %d invalidation(s) pending; this "
+            "process reads the affected tables from the database until they are delivered, "
+            "other processes may serve them stale until then or until their TTL",
             exc,
-            len(tracker.row_keys) + len(tag_keys),
+            pending.size(),
             level=logging.ERROR,
         )
-        return
-    stats.add("*", "invalidations", len(tracker.row_keys) + len(tag_keys))
+        return exc
+    runtime.breaker.record_success()
+    pending.delivered(count)
+    runtime.stats.add("*", "invalidations", len(rows) + len(tags))
+    return None
 
 
 def after_transaction_end(session: Session, transaction: Any) -> None:
