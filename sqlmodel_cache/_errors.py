@@ -5,7 +5,8 @@
     CacheError                      base of every error this library raises
     ├── ConfigurationError          bad or missing configuration; the message says the fix
     │   └── MissingDependencyError  an optional extra is not installed
-    └── InvalidationError           a manual invalidation (SQLModelCache.invalidate...) failed
+    └── InvalidationError           an invalidation failed: a manual one, or a commit's
+                                    with raise_on_invalidation_error=True
 
 Transport failures (a dead Redis, a timeout) are never raised to the application on a
 read: the read falls back to the database and the failure is counted and logged.
