@@ -26,9 +26,11 @@ class _Pending:
 class PendingInvalidations:
     """The undelivered invalidations of this process, with retry pacing."""
 
-    #: Seconds between retries driven by reads, growing up to :attr:`MAX_BACKOFF`.
+    #: Seconds between delivery attempts after a failure, doubling up to :attr:`MAX_BACKOFF`.
+    #: NOTE: the cap bounds how long other processes may serve stale entries after the cache
+    #: recovers; each attempt on a dead cache costs one request a timeout.
     FIRST_BACKOFF = 0.05
-    MAX_BACKOFF = 5.0
+    MAX_BACKOFF = 1.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -56,10 +58,11 @@ class PendingInvalidations:
             self._items.append(item)
             self._refresh()
 
-    def take(self) -> tuple[int, set[str], set[str]]:
-        """How many items are pending and all their keys, to deliver along with the next
-        invalidation (expired ones are dropped first). Then call :meth:`delivered` with the
-        count, or :meth:`failed`."""
+    def take(self) -> tuple[list[_Pending], set[str], set[str]]:
+        """The pending items and all their keys, to deliver along with the next invalidation
+        (expired ones are dropped first). Then call :meth:`delivered` with those items, or
+        :meth:`failed`. Items stay pending until delivered: concurrent deliveries may send
+        the same keys twice, which is harmless, and never lose one."""
         with self._lock:
             now = self._clock()
             self._items = [item for item in self._items if item.expires > now]
@@ -69,17 +72,18 @@ class PendingInvalidations:
             for item in self._items:
                 rows |= item.row_keys
                 tags |= item.tag_keys
-            return len(self._items), rows, tags
+            return list(self._items), rows, tags
 
     def retry_due(self) -> bool:
         """Whether a read should try to deliver now (paced with a growing backoff)."""
         with self._lock:
             return bool(self._items) and self._clock() >= self._next_retry
 
-    def delivered(self, count: int) -> None:
-        """The first ``count`` items (those taken) reached the cache."""
+    def delivered(self, items: list[_Pending]) -> None:
+        """``items`` (as taken) reached the cache."""
+        done = {id(item) for item in items}
         with self._lock:
-            del self._items[:count]
+            self._items = [item for item in self._items if id(item) not in done]
             self._refresh()
             self._backoff = self.FIRST_BACKOFF
 

@@ -185,39 +185,43 @@ def deliver(
     next invalidation or read, and meanwhile this process does not read ``tables`` from the
     cache. Returns the failure, if any."""
     pending = runtime.pending
-    count, pending_rows, pending_tags = pending.take()
+    taken, pending_rows, pending_tags = pending.take()
     rows, tags = sorted(row_keys | pending_rows), sorted(tag_keys | pending_tags)
     if not rows and not tags:
         return None
-    try:
-        if not runtime.driver.usable_here():
-            raise InvalidationError("a sync Session cannot drive the configured async transport")
-        if not runtime.breaker.allow():
-            raise InvalidationError("the circuit breaker is open: the cache is failing")
+    error: Exception
+    if not runtime.driver.usable_here():
+        error = InvalidationError("a sync Session cannot drive the configured async transport")
+    elif runtime.breaker.is_open and pending and not pending.retry_due():
+        # NOTE: deliveries do not wait for the breaker (other processes may serve stale
+        # entries until one succeeds) but are paced, so a dead cache does not cost every
+        # commit a timeout; a success closes the breaker for reads too.
+        error = InvalidationError("the cache is failing: delivery deferred to the next retry")
+    else:
         try:
             runtime.driver.invalidate(rows, tags, _keys.new_tag())
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - writes shout, but the commit already happened
             runtime.breaker.record_failure()
-            raise
-    except Exception as exc:  # noqa: BLE001 - writes shout, but the commit already happened
-        pending.failed()
-        if row_keys or tag_keys:
-            pending.add(row_keys, tag_keys, tables, runtime.registry.longest_ttl(runtime.max_ttl))
-        runtime.stats.add("*", "invalidation_errors")
-        runtime.stats.warn(
-            "invalidate_error",
-            "cache invalidation after commit FAILED (%r): %d invalidation(s) pending; this "
-            "process reads the affected tables from the database until they are delivered, "
-            "other processes may serve them stale until then or until their TTL",
-            exc,
-            pending.size(),
-            level=logging.ERROR,
-        )
-        return exc
-    runtime.breaker.record_success()
-    pending.delivered(count)
-    runtime.stats.add("*", "invalidations", len(rows) + len(tags))
-    return None
+            pending.failed()
+            error = exc
+        else:
+            runtime.breaker.record_success()
+            pending.delivered(taken)
+            runtime.stats.add("*", "invalidations", len(rows) + len(tags))
+            return None
+    if row_keys or tag_keys:
+        pending.add(row_keys, tag_keys, tables, runtime.registry.longest_ttl(runtime.max_ttl))
+    runtime.stats.add("*", "invalidation_errors")
+    runtime.stats.warn(
+        "invalidate_error",
+        "cache invalidation after commit FAILED (%r): %d invalidation(s) pending; this "
+        "process reads the affected tables from the database until they are delivered, "
+        "other processes may serve them stale until then or until their TTL",
+        error,
+        pending.size(),
+        level=logging.ERROR,
+    )
+    return error
 
 
 def after_transaction_end(session: Session, transaction: Any) -> None:

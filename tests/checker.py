@@ -25,9 +25,14 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import create_engine
 from sqlmodel import Session, select
+
+#: The checker's circuit breaker probes a failed cache after this many seconds (default 5),
+#: so that a short run sees the cache come back.
+BREAKER_RESET = 1.0
 
 #: (start time, seq, token) of one read, and whether it issued SQL.
 Read = tuple[float, int, str, bool]
@@ -41,12 +46,15 @@ class Report:
     reads: list[Read] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def stale(self) -> list[Read]:
-        """Reads older than a commit that had returned before they started."""
+    def stale(self, since: float = 0.0) -> list[Read]:
+        """Reads (started after ``since``) older than a commit that had returned before they
+        started."""
         timeline = sorted((at, seq) for seq, at in self.commits.values())
         result = []
         for read in self.reads:
             started, seq = read[0], read[1]
+            if started < since:
+                continue
             newest = max((s for at, s in timeline if at < started), default=0)
             if seq < newest:
                 result.append(read)
@@ -62,16 +70,48 @@ class Report:
         return sum(1 for r in self.reads if not r[3]) / max(1, len(self.reads))
 
 
-def _configure(redis_url: str, prefix: str) -> None:
-    import redis
+class Unreliable:
+    """Fault injection: while ``faulty`` is set, calls fail before reaching the cache, fail
+    after it acted (a lost reply), or are delayed; otherwise they pass through."""
 
+    def __init__(self, inner: Any, faulty: threading.Event, seed: int = 7) -> None:
+        self.inner = inner
+        self.faulty = faulty
+        self._random = random.Random(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in ("get", "set", "delete", "fetch", "fill", "invalidate"):
+            return method
+
+        def call(*args: Any) -> Any:
+            if not self.faulty.is_set():
+                return method(*args)
+            roll = self._random.random()
+            if roll < 0.3:
+                raise ConnectionError("injected: dropped before the server")
+            time.sleep(self._random.uniform(0, 0.003))
+            result = method(*args)
+            if roll < 0.5:
+                raise ConnectionError("injected: reply lost after the server acted")
+            return result
+
+        return call
+
+
+def _configure(redis_url: str, prefix: str, wrap: Callable[[Any], Any] | None = None) -> None:
     from sqlmodel_cache import SQLModelCache
     from sqlmodel_cache.transport import RedisSyncTransport
 
-    SQLModelCache.configure(RedisSyncTransport(redis.Redis.from_url(redis_url)), key_prefix=prefix)
+    transport: Any = RedisSyncTransport.from_url(redis_url)
+    SQLModelCache.configure(
+        transport if wrap is None else wrap(transport),
+        key_prefix=prefix,
+        breaker_reset=BREAKER_RESET,
+    )
 
 
-def _read_loop(database_url: str, deadline: float, reads: list[Read]) -> None:
+def _read_loop(database_url: str, deadline: float, reads: list[Read], errors: list[str]) -> None:
     from sqlalchemy import event
 
     from tests.models import Counter
@@ -83,26 +123,33 @@ def _read_loop(database_url: str, deadline: float, reads: list[Read]) -> None:
     while time.monotonic() < deadline:
         issued.clear()
         started = time.monotonic()
-        with Session(engine) as session:
-            if use_query:
-                seq, token = session.exec(
-                    select(Counter.seq, Counter.token).where(Counter.id == 1)
-                ).one()
-            else:
-                row = session.get(Counter, 1)
-                assert row is not None
-                seq, token = row.seq, row.token
+        try:
+            with Session(engine) as session:
+                if use_query:
+                    seq, token = session.exec(
+                        select(Counter.seq, Counter.token).where(Counter.id == 1)
+                    ).one()
+                else:
+                    row = session.get(Counter, 1)
+                    assert row is not None
+                    seq, token = row.seq, row.token
+        except Exception as exc:  # the application must never see one: recorded, asserted
+            errors.append(repr(exc))
+            continue
         reads.append((started, seq, token, bool(issued)))
         use_query = not use_query
     engine.dispose()
 
 
-def _reader_process(database_url: str, redis_url: str, prefix: str, seconds: float) -> list[Read]:
+def _reader_process(
+    database_url: str, redis_url: str, prefix: str, seconds: float
+) -> tuple[list[Read], list[str]]:
     """A reader in its own process, with its own engine and cache client."""
     _configure(redis_url, prefix)
     reads: list[Read] = []
-    _read_loop(database_url, time.monotonic() + seconds, reads)
-    return reads
+    errors: list[str] = []
+    _read_loop(database_url, time.monotonic() + seconds, reads, errors)
+    return reads, errors
 
 
 def _write_loop(database_url: str, deadline: float, report: Report, lock: threading.Lock) -> None:
@@ -112,18 +159,23 @@ def _write_loop(database_url: str, deadline: float, report: Report, lock: thread
     rng = random.Random()
     while time.monotonic() < deadline:
         token = uuid.uuid4().hex
-        with Session(engine) as session:
-            row = session.get(Counter, 1, with_for_update=True)
-            assert row is not None
-            row.seq += 1
-            row.token = token
-            seq = row.seq
-            session.flush()
-            if rng.random() < 0.2:
-                session.rollback()  # this token is never committed
-                continue
-            session.commit()
-            returned = time.monotonic()
+        try:
+            with Session(engine) as session:
+                row = session.get(Counter, 1, with_for_update=True)
+                assert row is not None
+                row.seq += 1
+                row.token = token
+                seq = row.seq
+                session.flush()
+                if rng.random() < 0.2:
+                    session.rollback()  # this token is never committed
+                    continue
+                session.commit()
+                returned = time.monotonic()
+        except Exception as exc:  # the application must never see one: recorded, asserted
+            with lock:
+                report.errors.append(repr(exc))
+            continue
         with lock:
             report.commits[token] = (seq, returned)
         time.sleep(rng.uniform(0, 0.004))
@@ -139,12 +191,14 @@ def run(
     reader_threads: int = 3,
     reader_processes: int = 2,
     during: Callable[[], None] | None = None,
+    wrap: Callable[[Any], Any] | None = None,
 ) -> Report:
-    """Race writers and readers for ``seconds``; ``during`` runs mid-run (fault injection)."""
+    """Race writers and readers for ``seconds``. Fault injection: ``during`` runs a third of
+    the way in; ``wrap`` wraps this process's transport (its writers and reader threads)."""
     from tests.models import Counter
 
     prefix = f"checker{uuid.uuid4().hex[:8]}"
-    _configure(redis_url, prefix)
+    _configure(redis_url, prefix, wrap)
     engine = create_engine(database_url)
     with Session(engine) as session:
         existing = session.get(Counter, 1, execution_options={"cache": False})
@@ -170,7 +224,7 @@ def run(
             threading.Thread(target=_write_loop, args=(database_url, deadline, report, lock))
             for _ in range(writers)
         ] + [
-            threading.Thread(target=_read_loop, args=(database_url, deadline, reads))
+            threading.Thread(target=_read_loop, args=(database_url, deadline, reads, report.errors))
             for reads in local_reads
         ]
         for thread in threads:
@@ -183,7 +237,9 @@ def run(
         for reads in local_reads:
             report.reads.extend(reads)
         for future in remote:
-            report.reads.extend(future.result())
+            reads, errors = future.result()
+            report.reads.extend(reads)
+            report.errors.extend(errors)
     return report
 
 

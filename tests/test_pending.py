@@ -117,9 +117,11 @@ def test_pending_invalidations_expire_after_the_longest_ttl() -> None:
     assert pending.blocks(["hero", "team"])
     assert not pending.blocks(["team"])
     clock.now += 299
-    assert pending.take() == (1, {"r"}, {"t"})
+    items, rows, tags = pending.take()
+    assert (len(items), rows, tags) == (1, {"r"}, {"t"})
     clock.now += 2
-    assert pending.take() == (0, set(), set())
+    items, rows, tags = pending.take()
+    assert (items, rows, tags) == ([], set(), set())
     assert not pending.blocks(["hero"])
 
 
@@ -136,6 +138,10 @@ def test_retries_are_paced() -> None:
     pending.failed()
     clock.now += PendingInvalidations.FIRST_BACKOFF
     assert not pending.retry_due()  # the backoff doubled
-    pending.delivered(1)
+    items, _, _ = pending.take()
+    pending.add({"s"}, set(), {"team"}, ttl=300)  # added while the delivery was under way
+    pending.delivered(items)
+    assert pending.blocks(["team"])  # not lost
+    pending.delivered(pending.take()[0])
     assert not pending
     assert not pending.blocks(["hero"])
