@@ -37,6 +37,7 @@ class SQLModelCache:
         enabled: bool = True,
         max_entry_bytes: int = 1_048_576,
         lease_ttl: float = 5.0,
+        lease_wait: float = 0.1,
         signing_key: bytes | None = None,
         breaker_threshold: int = 5,
         breaker_reset: float = 5.0,
@@ -56,6 +57,9 @@ class SQLModelCache:
             max_entry_bytes: entries larger than this are not stored.
             lease_ttl: seconds a reader that missed may take to fill the entry; a fill
                 arriving later is dropped (it might be stale).
+            lease_wait: seconds a reader that missed waits for another reader that is
+                filling the same entry (stampede control), before it reads the database
+                itself; ``0`` never waits.
             signing_key: when set, entries are signed with HMAC-SHA256 and unsigned or
                 forged entries are misses; use it when others can write to the Redis.
             breaker_threshold: consecutive cache failures after which the circuit breaker
@@ -84,6 +88,14 @@ class SQLModelCache:
             raise ConfigurationError(f"max_entry_bytes must be at least 64, got {max_entry_bytes}")
         if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or lease_ttl <= 0:
             raise ConfigurationError(f"lease_ttl must be a positive number, got {lease_ttl!r}")
+        if (
+            isinstance(lease_wait, bool)
+            or not isinstance(lease_wait, (int, float))
+            or not 0 <= lease_wait < lease_ttl
+        ):
+            raise ConfigurationError(
+                f"lease_wait must be a number from 0 to below lease_ttl, got {lease_wait!r}"
+            )
         if isinstance(breaker_threshold, bool) or not isinstance(breaker_threshold, int):
             raise ConfigurationError(f"breaker_threshold must be an int, got {breaker_threshold!r}")
         if breaker_threshold < 1:
@@ -108,6 +120,7 @@ class SQLModelCache:
             enabled=enabled,
             max_entry_bytes=max_entry_bytes,
             lease_ttl=float(lease_ttl),
+            lease_wait=float(lease_wait),
             signing_key=signing_key,
             raise_on_invalidation_error=raise_on_invalidation_error,
         )

@@ -7,6 +7,7 @@ suite runs on both versions (see ``noxfile.py``).
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +23,16 @@ T = TypeVar("T")
 def await_only(awaitable: Awaitable[T]) -> T:
     """Run a coroutine from sync code running inside SQLAlchemy's greenlet (AsyncSession)."""
     return _await_only(awaitable)
+
+
+def sleep(seconds: float) -> None:
+    """Sleep without blocking the event loop when running inside ``AsyncSession``."""
+    if in_async_session_context():
+        import asyncio
+
+        await_only(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
 
 
 def in_async_session_context() -> bool:

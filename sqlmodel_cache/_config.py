@@ -66,5 +66,6 @@ class CacheSettings:
     enabled: bool = True
     max_entry_bytes: int = 1_048_576
     lease_ttl: float = 5.0
+    lease_wait: float = 0.1
     signing_key: bytes | None = field(default=None, repr=False)
     raise_on_invalidation_error: bool = False

@@ -250,6 +250,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
     known = set(session.identity_map.keys()) if len(session.identity_map) else set()
     frozen = state.invoke_statement().freeze()
     if fetched.leased:
+        filled = False
         if own_writes_block(session, shape.tables):
             stats.add(shape.label, "fill_skipped:own_writes")
         else:
@@ -258,7 +259,9 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
                 stats.add(shape.label, f"fill_skipped:{body}")
             else:
                 header = b"".join(fetched.tags) + shape.schema
-                store(runtime, shape.label, "query_", key, header, body, checked, lease)
+                filled = store(runtime, shape.label, "query_", key, header, body, checked, lease)
+        if not filled:
+            forget(runtime, key)  # give the lease back: others may be waiting for it
     return frozen()
 
 

@@ -7,6 +7,7 @@ statement as usual; returning a ``Result`` answers it. Any doubt means ``None``.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,12 +24,17 @@ from sqlmodel_cache._compat import (
     has_options_or_lock,
     identity_token_of,
     is_get_statement,
+    sleep,
 )
 from sqlmodel_cache._instances import instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import deliver, tracker_of
 from sqlmodel_cache.transport._protocols import Fetched
+
+#: Polling interval while another reader fills a key: starts here, doubles up to MAX_POLL.
+FIRST_POLL = 0.002
+MAX_POLL = 0.02
 
 
 def match_get(runtime: Runtime, state: ORMExecuteState) -> tuple[ModelPlan, tuple[Any, ...]] | None:
@@ -155,12 +161,15 @@ def serve_get(
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()
     if fetched.leased:
+        filled = False
         if own_writes_block(state.session, tables):
             # NOTE: a flush inside the statement (e.g. a nested autoflush) wrote the table:
             # the row just read may be uncommitted.
             stats.add(model, "fill_skipped:own_writes")
         else:
-            _fill(runtime, plan, key, fetched.tags, lease, result_rows(frozen), ttl)
+            filled = _fill(runtime, plan, key, fetched.tags, lease, result_rows(frozen), ttl)
+        if not filled:
+            forget(runtime, key)  # give the lease back: others may be waiting for it
     return frozen()
 
 
@@ -191,44 +200,61 @@ def _fill(
     lease: bytes,
     rows: list[list[Any]],
     ttl: int,
-) -> None:
-    """Store the row just loaded, if it is exactly what the key names and fits the limits."""
+) -> bool:
+    """Store the row just loaded, if it is exactly what the key names and fits the limits;
+    ``True`` if a fill was attempted."""
     model = plan.mapper.class_.__name__
     if len(rows) != 1 or type(rows[0][0]) is not plan.mapper.class_:
-        return
+        return False  # no such row: absence is not cached
     instance = rows[0][0]
     loaded = instance_state(instance)
     if loaded.modified or loaded.key is None:
-        return
+        return False
     try:
         if plan.row_key_for(loaded.key[1]) != key:
-            return  # the database matched another spelling of the key (e.g. a collation)
+            return False  # the database matched another spelling of the key (a collation)
         body = plan.codec.encode(loaded.dict)
     except Unsupported:
         runtime.stats.add(model, "bypass:unsupported_value")
-        return
-    store(runtime, model, "", key, b"".join(tags) + plan.codec.schema, body, ttl, lease)
+        return False
+    return store(runtime, model, "", key, b"".join(tags) + plan.codec.schema, body, ttl, lease)
 
 
 def fetch(
     runtime: Runtime, label: str, events: str, key: str, tag_keys: Sequence[str], schema: bytes
 ) -> tuple[Fetched, bytes] | None:
-    """One round trip: the valid entry under ``key``, or the lease to fill it (returned
-    with the fetch). ``None`` when the circuit breaker is open, or (counted and logged) when
-    the transport fails."""
+    """The valid entry under ``key``, or the lease to fill it (returned with the fetch).
+
+    Stampede control (SPEC C3): while another reader, in this process or another, holds
+    the lease, wait up to ``lease_wait`` seconds for its entry, polling with a growing
+    interval; then give up and read the database without filling. ``None`` when the circuit
+    breaker is open, or (counted and logged) when the transport fails."""
     if not runtime.breaker.allow():
         runtime.stats.add(label, f"{events}bypass:circuit_open")
         return None
     lease = _keys.new_lease()
-    try:
-        fetched = runtime.driver.fetch(
-            key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
-        )
-    except Exception as exc:  # noqa: BLE001 - reads degrade: any transport failure is a miss
-        transport_failed(runtime, label, "cache read failed, using the database: %r", exc)
-        return None
-    runtime.breaker.record_success()
-    return fetched, lease
+    deadline = None
+    delay = FIRST_POLL
+    while True:
+        try:
+            fetched = runtime.driver.fetch(
+                key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
+            )
+        except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
+            transport_failed(runtime, label, "cache read failed, using the database: %r", exc)
+            return None
+        runtime.breaker.record_success()
+        if fetched.entry is not None or fetched.leased:
+            return fetched, lease
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + runtime.settings.lease_wait
+            runtime.stats.add(label, "lease_waits")
+        if now >= deadline:
+            runtime.stats.add(label, "lease_wait_timeouts")
+            return fetched, lease
+        sleep(min(delay, deadline - now))
+        delay = min(delay * 2, MAX_POLL)
 
 
 def transport_failed(runtime: Runtime, label: str, message: str, exc: Exception) -> None:
@@ -253,24 +279,26 @@ def store(
     body: bytes,
     ttl: int,
     lease: bytes,
-) -> None:
-    """Frame ``body`` and fill ``key`` with it if it fits and the lease still holds.
-    ``events`` prefixes the counters (``""`` for gets, ``"query_"`` for queries)."""
+) -> bool:
+    """Frame ``body`` and fill ``key`` with it if it fits and the lease still holds;
+    ``True`` if a fill was attempted. ``events`` prefixes the counters (``""`` for gets,
+    ``"query_"`` for queries)."""
     entry = runtime.framing.frame(key, header, body)
     if len(entry) > runtime.settings.max_entry_bytes:
         runtime.stats.add(label, f"{events}bypass:too_large")
-        return
+        return False
     runtime.max_ttl = max(runtime.max_ttl, ttl)
     try:
         stored = runtime.driver.fill(key, entry, ttl, lease)
     except Exception as exc:  # noqa: BLE001 - a failed fill only costs a later miss
         transport_failed(runtime, label, "cache fill failed: %r", exc)
-        return
-    runtime.stats.add(label, f"{events}fills" if stored else "fill_rejected")
+    else:
+        runtime.stats.add(label, f"{events}fills" if stored else "fill_rejected")
+    return True
 
 
 def forget(runtime: Runtime, key: str) -> None:
-    """Delete a bad entry."""
+    """Delete a bad entry, or give back a lease that will not be filled."""
     # Best effort: if the delete fails too, the entry simply stays a miss.
     with contextlib.suppress(Exception):
         runtime.driver.delete(key)
