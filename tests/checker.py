@@ -200,6 +200,7 @@ def run(
     prefix = f"checker{uuid.uuid4().hex[:8]}"
     _configure(redis_url, prefix, wrap)
     engine = create_engine(database_url)
+    Counter.__table__.create(engine, checkfirst=True)  # type: ignore[attr-defined]
     with Session(engine) as session:
         existing = session.get(Counter, 1, execution_options={"cache": False})
         if existing is None:
