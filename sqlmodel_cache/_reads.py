@@ -97,7 +97,7 @@ def read_bypass(
     if own_writes_block(state.session, tables):
         return "own_writes"
     pending = runtime.pending
-    if pending and pending.retry_due():
+    if pending and pending.retry_due() and runtime.driver.usable_here():
         deliver(runtime, set(), set(), set())
     if pending.blocks(tables):
         return "pending_invalidation"

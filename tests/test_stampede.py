@@ -163,3 +163,43 @@ def test_concurrent_misses_in_asyncio_tasks_cost_one_query(
     names, selects = asyncio.run(scenario())
     assert names == ["Spider"] * READERS
     assert selects == 1
+
+
+def _process_reader(url: str, redis_url: str, barrier: Any) -> int:
+    """One reader process: waits for the others, reads, returns how many SELECTs it issued."""
+    engine = create_engine(url)
+    statements: list[str] = []
+
+    def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+        if statement.startswith("SELECT hero"):
+            time.sleep(SLOW)
+
+    event.listen(engine, "before_cursor_execute", slow)
+    transport = RedisSyncTransport(redis.Redis.from_url(redis_url, socket_timeout=5))
+    SQLModelCache.configure(transport, key_prefix="stampede-processes", lease_wait=2.0)
+    barrier.wait()
+    with Session(engine) as session:
+        assert session.get(Hero, 1) is not None
+    engine.dispose()
+    return _hero_selects(statements)
+
+
+def test_concurrent_misses_in_processes_cost_one_query(
+    tmp_path: Path, redis_server: servers.RedisServer
+) -> None:
+    """Three processes miss the same key at once: only the lease holder queries."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'processes.db'}"
+    _seed(url)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(3)
+        with ProcessPoolExecutor(3, mp_context=context) as pool:
+            futures = [
+                pool.submit(_process_reader, url, redis_server.url, barrier) for _ in range(3)
+            ]
+            selects = [future.result() for future in futures]
+    assert sorted(selects) == [0, 0, 1]
