@@ -41,6 +41,20 @@ def _hero_selects(statements: list[str]) -> int:
     return sum(1 for s in statements if s.startswith("SELECT hero"))
 
 
+def _slow_engine(url: str, **options: Any) -> tuple[Any, list[str]]:
+    """An engine whose hero SELECTs take SLOW seconds, and the list of statements it ran."""
+    engine = create_engine(url, **options)
+    statements: list[str] = []
+
+    def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+        if statement.startswith("SELECT hero"):
+            time.sleep(SLOW)
+
+    event.listen(engine, "before_cursor_execute", slow)
+    return engine, statements
+
+
 @pytest.fixture(params=["memory", "redis"])
 def sync_transport(request: pytest.FixtureRequest) -> Any:
     """A sync transport: in-process, or Redis."""
@@ -57,15 +71,7 @@ def test_concurrent_misses_in_threads_cost_one_query(
     """Eight threads miss the same key at once: one SELECT, everyone gets the row."""
     url = f"sqlite:///{tmp_path / 'stampede.db'}"
     _seed(url)
-    engine = create_engine(url, pool_size=READERS)
-    statements: list[str] = []
-
-    def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-        if statement.startswith("SELECT hero"):
-            time.sleep(SLOW)
-
-    event.listen(engine, "before_cursor_execute", slow)
+    engine, statements = _slow_engine(url, pool_size=READERS)
     SQLModelCache.configure(sync_transport, key_prefix=f"stampede-{kind}", lease_wait=2.0)
     barrier = threading.Barrier(READERS)
     names: list[str] = []
@@ -94,15 +100,7 @@ def test_waiting_is_bounded(tmp_path: Path) -> None:
     themselves (and do not fill): slower, never stuck."""
     url = f"sqlite:///{tmp_path / 'bounded.db'}"
     _seed(url)
-    engine = create_engine(url, pool_size=READERS)
-    statements: list[str] = []
-
-    def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-        if statement.startswith("SELECT hero"):
-            time.sleep(SLOW)
-
-    event.listen(engine, "before_cursor_execute", slow)
+    engine, statements = _slow_engine(url, pool_size=READERS)
     SQLModelCache.configure(MemoryTransport(), lease_wait=0.02)
     barrier = threading.Barrier(3)
 
@@ -167,15 +165,7 @@ def test_concurrent_misses_in_asyncio_tasks_cost_one_query(
 
 def _process_reader(url: str, redis_url: str, barrier: Any) -> int:
     """One reader process: waits for the others, reads, returns how many SELECTs it issued."""
-    engine = create_engine(url)
-    statements: list[str] = []
-
-    def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-        if statement.startswith("SELECT hero"):
-            time.sleep(SLOW)
-
-    event.listen(engine, "before_cursor_execute", slow)
+    engine, statements = _slow_engine(url)
     transport = RedisSyncTransport(redis.Redis.from_url(redis_url, socket_timeout=5))
     SQLModelCache.configure(transport, key_prefix="stampede-processes", lease_wait=2.0)
     barrier.wait()

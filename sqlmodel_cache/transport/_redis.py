@@ -71,6 +71,10 @@ def _import_redis() -> Any:
     return redis
 
 
+def _bounded(options: dict[str, Any], timeout: float) -> dict[str, Any]:
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **options}
+
+
 def _warn_if_unbounded(client: Any, kind: str) -> None:
     kwargs = _connection_kwargs(client)
     if kwargs and kwargs.get("socket_timeout") is None:
@@ -96,9 +100,7 @@ class RedisSyncTransport:
         cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
     ) -> RedisSyncTransport:
         """A transport over ``redis.Redis.from_url(url)`` with bounded timeouts."""
-        options.setdefault("socket_timeout", timeout)
-        options.setdefault("socket_connect_timeout", timeout)
-        return cls(_import_redis().Redis.from_url(url, **options))
+        return cls(_import_redis().Redis.from_url(url, **_bounded(options, timeout)))
 
     def __init__(self, client: Any) -> None:
         _check_client(client, "RedisSyncTransport")
@@ -156,12 +158,10 @@ class RedisAsyncTransport:
         cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
     ) -> RedisAsyncTransport:
         """A transport over ``redis.asyncio.Redis.from_url(url)`` with bounded timeouts."""
-        options.setdefault("socket_timeout", timeout)
-        options.setdefault("socket_connect_timeout", timeout)
         _import_redis()
         import redis.asyncio
 
-        return cls(redis.asyncio.Redis.from_url(url, **options))
+        return cls(redis.asyncio.Redis.from_url(url, **_bounded(options, timeout)))
 
     def __init__(self, client: Any) -> None:
         _check_client(client, "RedisAsyncTransport")
