@@ -162,9 +162,6 @@ class ModelRegistry:
                 ttls.extend(ttl for ttl in (config.ttl, config.query_ttl) if ttl is not None)
         return max(ttls)
 
-    def note_registry(self, registry: Any) -> None:
-        self._registries.add(registry)
-
     def _all_mappers(self) -> set[Mapper[Any]]:
         from sqlmodel import SQLModel
 
