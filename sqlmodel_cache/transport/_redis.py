@@ -86,6 +86,16 @@ def _warn_if_unbounded(client: Any, kind: str) -> None:
         )
 
 
+def _scripts_for(client: Any, kind: str) -> tuple[Any, Any, Any]:
+    """Check ``client`` for a transport of ``kind`` and register the scripts on it."""
+    _check_client(client, kind)
+    _warn_if_unbounded(client, kind)
+    fetch, fill, invalidate = (
+        client.register_script(_script_source(f"{name}.lua")) for name in _SCRIPTS
+    )
+    return fetch, fill, invalidate
+
+
 class RedisSyncTransport:
     """Synchronous transport over a ``redis.Redis`` client (Redis or Valkey).
 
@@ -103,12 +113,8 @@ class RedisSyncTransport:
         return cls(_import_redis().Redis.from_url(url, **_bounded(options, timeout)))
 
     def __init__(self, client: Any) -> None:
-        _check_client(client, "RedisSyncTransport")
-        _warn_if_unbounded(client, "RedisSyncTransport")
         self.client = client
-        self._fetch, self._fill, self._invalidate = (
-            client.register_script(_script_source(f"{name}.lua")) for name in _SCRIPTS
-        )
+        self._fetch, self._fill, self._invalidate = _scripts_for(client, "RedisSyncTransport")
 
     def get(self, key: str) -> bytes | None:
         value = self.client.get(key)
@@ -164,12 +170,8 @@ class RedisAsyncTransport:
         return cls(redis.asyncio.Redis.from_url(url, **_bounded(options, timeout)))
 
     def __init__(self, client: Any) -> None:
-        _check_client(client, "RedisAsyncTransport")
-        _warn_if_unbounded(client, "RedisAsyncTransport")
         self.client = client
-        self._fetch, self._fill, self._invalidate = (
-            client.register_script(_script_source(f"{name}.lua")) for name in _SCRIPTS
-        )
+        self._fetch, self._fill, self._invalidate = _scripts_for(client, "RedisAsyncTransport")
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)
