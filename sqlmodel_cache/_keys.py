@@ -5,7 +5,8 @@
     {prefix}:{<table>}:r:<pk-json>   a cached row, e.g.  app:{hero}:r:[42]
     {prefix}:{<table>}:rt            the table's row tag: changes on bulk writes to the table
     {prefix}:{<table>}:dt            the table's data tag: changes on every write to the table
-    {prefix}:q:<digest>              a cached query result (digest of shape + parameters)
+    {prefix}:{<table>}:q:<digest>    a cached query result (digest of shape + parameters),
+                                     under the first table it reads
 
 A row entry is valid only while it starts with its table's current row tag, so a bulk
 ``UPDATE``/``DELETE`` invalidates every cached row of a table by changing one key (O(1), no
@@ -14,8 +15,9 @@ write to any of those tables retires them, in O(1) too. Tags are random, not cou
 tag lost to eviction comes back as a new random value, which can never revive entries
 written under an older one.
 
-The ``{<table>}`` hash tag keeps a table's rows and tags in one Redis Cluster slot, so the
-atomic scripts can touch a row and its tag together.
+The ``{<table>}`` hash tag keeps a table's rows, tags and single-table query entries in one
+Redis Cluster slot, so one atomic script can check an entry against its tags; only a query
+reading several tables needs the tags of the others from their own slots first.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def data_tag_key(table_prefix: str) -> str:
     return f"{table_prefix}:dt"
 
 
-def query_key(prefix: str, digest: str) -> str:
-    return f"{prefix}:q:{digest}"
+def query_key(table_prefix: str, digest: str) -> str:
+    return f"{table_prefix}:q:{digest}"
 
 
 def new_tag() -> bytes:

@@ -69,6 +69,7 @@ class QueryShape:
     digest: str
     tables: tuple[str, ...]
     tag_keys: tuple[str, ...]
+    home: str  # key part of the first table: entries live in its Redis Cluster slot
     cells: tuple[EntityCell | ValueCell, ...]
     keys: tuple[str, ...]
     extras: tuple[tuple[Any, ...], ...]
@@ -155,6 +156,7 @@ def _analyse(runtime: Runtime, statement: Select[Any], dialect: Any) -> QuerySha
         digest=digest,
         tables=tuple(tables),
         tag_keys=tuple(_keys.data_tag_key(_keys.table_part(prefix, name)) for name in tables),
+        home=_keys.table_part(prefix, tables[0]),
         cells=tuple(cells),
         keys=tuple(str(d["name"]) for d in descriptions),
         extras=tuple((d["expr"],) for d in descriptions),
@@ -230,7 +232,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
         return None
 
     key_digest = hashlib.sha256(shape.digest.encode("ascii") + b"\0" + params).hexdigest()
-    key = _keys.query_key(runtime.settings.key_prefix, key_digest[:48])
+    key = _keys.query_key(shape.home, key_digest[:48])
     found = fetch(runtime, shape.label, "query_", key, shape.tag_keys, shape.schema)
     if found is None:
         return None

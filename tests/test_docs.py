@@ -44,11 +44,11 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.path.name}:L{self.line}"
+        return f"{self.path.relative_to(ROOT)}:L{self.line}"
 
 
 def _markdown_files() -> list[Path]:
-    files = sorted((ROOT / "docs").glob("*.md"))
+    files = sorted((ROOT / "docs").rglob("*.md"))
     readme = ROOT / "README.md"
     if readme.exists():
         files.append(readme)

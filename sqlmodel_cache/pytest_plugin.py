@@ -1,0 +1,1 @@
+"""pytest plugin of sqlmodel-cache (registered through the ``pytest11`` entry point)."""
