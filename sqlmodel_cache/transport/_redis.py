@@ -1,8 +1,19 @@
-"""Redis / Valkey transports over redis-py clients (sync and asyncio).
+"""Redis / Valkey transports over redis-py clients (sync and asyncio, single node or Cluster).
 
 Both classes are thin: the atomic operations are Lua scripts shipped as package files
 (``lua/*.lua``) and run with EVALSHA, so every operation is one round trip. Argument
 building and reply parsing are shared; only the call differs between the two classes.
+
+On Redis Cluster a script may only touch keys of one slot. The key layout puts a table's
+rows, tags and single-table query entries in one slot (the ``{table}`` hash tag), so most
+operations run exactly as on a single node. The two that span slots are split:
+
+* a query over several tables reads (or creates) the tags of its tables first, in one
+  pipelined round, then checks its entry against them in the entry's slot. Tags only have to
+  be read before the database is, which this keeps (see ``docs/transports.md``);
+* a commit touching several tables deletes and re-tags per key in one pipelined round
+  (commands to different nodes are sent in parallel). Each key's step is atomic, and a
+  failure anywhere fails the whole call, which the core then retries as a whole.
 """
 
 from __future__ import annotations
@@ -49,6 +60,38 @@ def _check_client(client: object, kind: str) -> None:
             f"{kind} needs a client created with decode_responses=False (the default): "
             "cache entries are bytes, and decoding them to str would corrupt them"
         )
+
+
+def _is_cluster(client: Any) -> bool:
+    return callable(getattr(client, "get_primaries", None))
+
+
+def _one_slot(key: str, others: Sequence[str]) -> bool:
+    from redis.crc import key_slot
+
+    slot = key_slot(key.encode())
+    return all(key_slot(other.encode()) == slot for other in others)
+
+
+def _queue_tag_reads(pipe: Any, tag_keys: Sequence[str], new_tag: bytes) -> None:
+    for tag_key in tag_keys:
+        pipe.set(tag_key, new_tag, nx=True)  # SET NX then GET: Redis 6 has no SET NX GET
+        pipe.get(tag_key)
+
+
+def _tag_values(replies: Sequence[Any], new_tag: bytes) -> list[bytes]:
+    # A tag evicted between its SET and GET reads as None: stamping the entry with new_tag,
+    # which then exists nowhere, only makes that entry a miss.
+    return [new_tag if value is None else bytes(value) for value in replies[1::2]]
+
+
+def _queue_invalidation(
+    pipe: Any, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+) -> None:
+    for key in delete_keys:
+        pipe.delete(key)
+    for tag_key in tag_keys:
+        pipe.set(tag_key, new_tag)
 
 
 def _parse_fetch(reply: Sequence[Any]) -> Fetched:
@@ -107,14 +150,18 @@ class RedisSyncTransport:
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
+        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, cluster: bool = False, **options: Any
     ) -> RedisSyncTransport:
-        """A transport over ``redis.Redis.from_url(url)`` with bounded timeouts."""
-        return cls(_import_redis().Redis.from_url(url, **_bounded(options, timeout)))
+        """A transport over ``redis.Redis.from_url(url)`` with bounded timeouts, or over
+        ``redis.RedisCluster.from_url(url)`` when ``cluster`` is true."""
+        redis = _import_redis()
+        client_class = redis.RedisCluster if cluster else redis.Redis
+        return cls(client_class.from_url(url, **_bounded(options, timeout)))
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self._fetch, self._fill, self._invalidate = _scripts_for(client, "RedisSyncTransport")
+        self._cluster = _is_cluster(client)
 
     def get(self, key: str) -> bytes | None:
         value = self.client.get(key)
@@ -136,7 +183,12 @@ class RedisSyncTransport:
         lease: bytes,
         lease_ttl_ms: int,
     ) -> Fetched:
-        args = [schema, new_tag, lease, lease_ttl_ms]
+        args: list[Any] = [schema, new_tag, lease, lease_ttl_ms]
+        if self._cluster and not _one_slot(key, tag_keys):
+            pipe = self.client.pipeline(transaction=False)
+            _queue_tag_reads(pipe, tag_keys, new_tag)
+            args += _tag_values(pipe.execute(), new_tag)
+            tag_keys = ()
         return _parse_fetch(self._fetch(keys=[key, *tag_keys], args=args))
 
     def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
@@ -145,8 +197,15 @@ class RedisSyncTransport:
     def invalidate(
         self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
     ) -> None:
-        if delete_keys or tag_keys:
-            self._invalidate(keys=[*delete_keys, *tag_keys], args=[len(delete_keys), new_tag])
+        keys = [*delete_keys, *tag_keys]
+        if not keys:
+            return
+        if self._cluster and not _one_slot(keys[0], keys):
+            pipe = self.client.pipeline(transaction=False)
+            _queue_invalidation(pipe, delete_keys, tag_keys, new_tag)
+            pipe.execute()
+        else:
+            self._invalidate(keys=keys, args=[len(delete_keys), new_tag])
 
 
 class RedisAsyncTransport:
@@ -161,17 +220,20 @@ class RedisAsyncTransport:
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
+        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, cluster: bool = False, **options: Any
     ) -> RedisAsyncTransport:
-        """A transport over ``redis.asyncio.Redis.from_url(url)`` with bounded timeouts."""
+        """A transport over ``redis.asyncio.Redis.from_url(url)`` with bounded timeouts, or
+        over ``redis.asyncio.RedisCluster.from_url(url)`` when ``cluster`` is true."""
         _import_redis()
         import redis.asyncio
 
-        return cls(redis.asyncio.Redis.from_url(url, **_bounded(options, timeout)))
+        client_class = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
+        return cls(client_class.from_url(url, **_bounded(options, timeout)))
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self._fetch, self._fill, self._invalidate = _scripts_for(client, "RedisAsyncTransport")
+        self._cluster = _is_cluster(client)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)
@@ -193,7 +255,12 @@ class RedisAsyncTransport:
         lease: bytes,
         lease_ttl_ms: int,
     ) -> Fetched:
-        args = [schema, new_tag, lease, lease_ttl_ms]
+        args: list[Any] = [schema, new_tag, lease, lease_ttl_ms]
+        if self._cluster and not _one_slot(key, tag_keys):
+            pipe = self.client.pipeline(transaction=False)
+            _queue_tag_reads(pipe, tag_keys, new_tag)
+            args += _tag_values(await pipe.execute(), new_tag)
+            tag_keys = ()
         return _parse_fetch(await self._fetch(keys=[key, *tag_keys], args=args))
 
     async def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
@@ -202,5 +269,12 @@ class RedisAsyncTransport:
     async def invalidate(
         self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
     ) -> None:
-        if delete_keys or tag_keys:
-            await self._invalidate(keys=[*delete_keys, *tag_keys], args=[len(delete_keys), new_tag])
+        keys = [*delete_keys, *tag_keys]
+        if not keys:
+            return
+        if self._cluster and not _one_slot(keys[0], keys):
+            pipe = self.client.pipeline(transaction=False)
+            _queue_invalidation(pipe, delete_keys, tag_keys, new_tag)
+            await pipe.execute()
+        else:
+            await self._invalidate(keys=keys, args=[len(delete_keys), new_tag])

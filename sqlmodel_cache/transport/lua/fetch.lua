@@ -5,8 +5,13 @@
 -- ARGV[2]      fresh tag for tag keys that do not exist yet
 -- ARGV[3]      the caller's lease marker (starts with "L")
 -- ARGV[4]      lease lifetime in milliseconds
+-- ARGV[5..m]   tag values the caller already read (Redis Cluster: tags in other slots);
+--              they come first, before the tags of KEYS[2..n]
 -- Returns {entry} on a hit, {false, leased (0/1), tag_1, ..., tag_n} otherwise.
 local tags = {}
+for i = 5, #ARGV do
+  tags[#tags + 1] = ARGV[i]
+end
 for i = 2, #KEYS do
   local tag = redis.call('GET', KEYS[i])
   if not tag then

@@ -1,0 +1,149 @@
+"""Redis Cluster (SPEC T3): operations whose keys span slots work, with no CROSSSLOT error.
+
+The ``env`` fixture already runs the whole get/query/write suite on a real 3-primary
+cluster (``*-cluster-sqlite``). These tests pin down the two operations the transport splits
+across slots: a query over tables in different slots, and a commit writing several tables;
+they also check that nothing was silently absorbed by fail-open (no error counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from sqlmodel_cache import SQLModelCache
+from sqlmodel_cache.transport import RedisSyncTransport
+from tests import servers
+from tests.conftest import Env, _make_env
+from tests.models import Hero, Team
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(params=["sync", "async"])
+def cluster_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    yield from _make_env(request, tmp_path, request.param, "cluster", "sqlite")
+
+
+def _failures() -> dict[str, int]:
+    """Every error counter: on a cluster, a CROSSSLOT error would show up here."""
+    return {
+        f"{label}:{event}": count
+        for label, events in SQLModelCache.stats().items()
+        for event, count in events.items()
+        if "error" in event
+    }
+
+
+def _seed(env: Env) -> None:
+    def body(session: Session) -> None:
+        session.add_all([Team(id=1, name="Avengers"), Team(id=2, name="Defenders")])
+        session.add_all(
+            [
+                Hero(id=1, name="Spider", power=10, team_id=1),
+                Hero(id=2, name="Daredevil", power=15, team_id=2),
+            ]
+        )
+        session.commit()
+
+    env.run(body)
+    env.reset_sql()
+
+
+def _team_roster(session: Session) -> list[tuple[str, str]]:
+    statement = select(Hero.name, Team.name).join(Team).order_by(col(Hero.id))
+    return [(hero, team) for hero, team in session.exec(statement).all()]
+
+
+def test_the_test_tables_live_in_different_slots() -> None:
+    """Otherwise the tests below would not cross slots at all."""
+    assert key_slot(b"{hero}") != key_slot(b"{team}")
+
+
+def test_query_over_tables_in_two_slots_is_cached_and_invalidated(cluster_env: Env) -> None:
+    env = cluster_env
+    _seed(env)
+    assert env.run(_team_roster) == [("Spider", "Avengers"), ("Daredevil", "Defenders")]
+    env.reset_sql()
+    assert env.run(_team_roster) == [("Spider", "Avengers"), ("Daredevil", "Defenders")]
+    assert env.selects() == []  # a hit, checked against tags in two other slots
+    [key] = [key for key in env.cache_keys() if ":q:" in key]
+    assert key.startswith(f"{env.prefix}:{{hero}}:q:")  # the first table's slot
+
+    def rename_team(session: Session) -> None:
+        team = session.get(Team, 2)
+        assert team is not None
+        team.name = "Thunderbolts"
+        session.commit()
+
+    env.run(rename_team)  # a write to the *other* table's slot
+    env.reset_sql()
+    assert env.run(_team_roster) == [("Spider", "Avengers"), ("Daredevil", "Thunderbolts")]
+    assert len(env.selects()) == 1
+    assert _failures() == {}
+
+
+def test_commit_writing_tables_in_several_slots_invalidates_all(cluster_env: Env) -> None:
+    env = cluster_env
+    _seed(env)
+
+    def read_all(session: Session) -> tuple[str, str, list[tuple[str, str]]]:
+        hero, team = session.get(Hero, 1), session.get(Team, 1)
+        assert hero is not None
+        assert team is not None
+        return hero.name, team.name, _team_roster(session)
+
+    env.run(read_all)
+    env.reset_sql()
+    env.run(read_all)
+    assert env.selects() == []
+
+    def write_both(session: Session) -> None:
+        hero, team = session.get(Hero, 1), session.get(Team, 1)
+        assert hero is not None
+        assert team is not None
+        hero.name, team.name = "Spider-Man", "New Avengers"
+        session.execute(update(Hero).where(col(Hero.id) == 2).values(power=99))  # bulk: row tag
+        session.commit()
+
+    env.run(write_both)
+    env.reset_sql()
+    assert env.run(read_all) == (
+        "Spider-Man",
+        "New Avengers",
+        [("Spider-Man", "New Avengers"), ("Daredevil", "Defenders")],
+    )
+    assert len(env.selects()) == 3
+    assert _failures() == {}
+
+
+def test_manual_invalidation_of_several_tables(cluster_env: Env) -> None:
+    env = cluster_env
+    _seed(env)
+    env.run(_team_roster)
+    if env.mode == "sync":
+        SQLModelCache.invalidate_tables("hero", "team")
+    else:
+        assert env.loop is not None
+        env.loop.run_until_complete(SQLModelCache.ainvalidate_tables("hero", "team"))
+    env.reset_sql()
+    env.run(_team_roster)
+    assert len(env.selects()) == 1
+    assert _failures() == {}
+
+
+def test_from_url_builds_a_cluster_client(redis_cluster: servers.RedisCluster) -> None:
+    transport = RedisSyncTransport.from_url(redis_cluster.url, cluster=True)
+    try:
+        assert isinstance(transport.client, redis.RedisCluster)
+        assert len(transport.client.get_primaries()) == 3
+        transport.set("x:{t}:probe", b"v", 10)
+        assert transport.get("x:{t}:probe") == b"v"
+    finally:
+        transport.client.close()
