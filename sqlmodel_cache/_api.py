@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlmodel_cache import _invalidation, _listeners, _state
+from sqlmodel_cache import _invalidation, _listeners, _state, _stats
 from sqlmodel_cache._breaker import CircuitBreaker
 from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._compat import greenlet_spawn
@@ -151,23 +152,52 @@ class SQLModelCache:
 
     @classmethod
     def reset(cls) -> None:
-        """Remove every listener and all state; for test teardown. Safe to call anytime."""
+        """Remove every listener, subscriber and all state; for test teardown. Safe to call
+        anytime."""
         _listeners.uninstall()
         _state.runtime = None
+        _stats.subscribers = ()
 
     @classmethod
     def stats(cls) -> dict[str, dict[str, int]]:
         """Counters since ``configure()``: ``{label: {event: count}}``.
 
         Labels are model class names (for a query: its first entity's class, or its first
-        table's name) and ``"*"`` for commits. Events: ``hits``, ``misses``, ``fills`` (gets);
-        ``query_hits``, ``query_misses``, ``query_fills``; ``bypass:<reason>`` and
-        ``query_bypass:<reason>``; ``fill_skipped:<reason>``, ``fill_rejected``; ``errors``
-        (failed or undecodable reads); under ``"*"``: ``invalidations`` (keys) and
-        ``invalidation_errors``. Empty when not configured.
+        table's name) and ``"*"`` for what is not about one model. Events:
+
+        * ``hits``, ``misses``, ``fills`` (gets); ``query_hits``, ``query_misses``,
+          ``query_fills`` (``select()``);
+        * ``bypass:<reason>`` and ``query_bypass:<reason>``: reads that skipped the cache;
+        * ``fill_skipped:<reason>``, ``fill_rejected`` (a fill lost to an invalidation);
+        * ``bytes_read`` (entry bytes served by hits), ``bytes_written`` (by fills);
+        * ``lease_waits``, ``lease_wait_timeouts`` (stampede control);
+        * ``invalidations``: commits that invalidated the model's table;
+        * ``errors``: failed or undecodable reads;
+        * under ``"*"``: ``invalidations`` (keys), ``invalidation_errors``,
+          ``circuit_opened``.
+
+        Empty when not configured.
         """
         runtime = _state.runtime
         return {} if runtime is None else runtime.stats.snapshot()
+
+    @classmethod
+    def subscribe(cls, callback: Callable[[str, str, int], None]) -> Callable[[], None]:
+        """Call ``callback(label, event, amount)`` for every count :meth:`stats` records,
+        e.g. ``("Hero", "hits", 1)``, and return a function that unsubscribes it.
+
+        The callback runs synchronously on the read or commit path, so keep it cheap; an
+        exception from it is logged and ignored. Subscriptions survive ``configure()`` and
+        are removed by ``reset()``.
+        """
+        if not callable(callback):
+            raise ConfigurationError(f"subscribe() needs a callable, got {callback!r}")
+        _stats.subscribers = (*_stats.subscribers, callback)
+
+        def unsubscribe() -> None:
+            _stats.subscribers = tuple(s for s in _stats.subscribers if s is not callback)
+
+        return unsubscribe
 
     # -- manual invalidation (SPEC W5) --------------------------------------------------
 

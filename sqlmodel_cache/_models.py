@@ -104,6 +104,7 @@ class ModelRegistry:
         self._mapper_count = -1
         self._table_ttls: dict[str, int | None] = {}
         self._cached_tables: set[str] = set()
+        self._labels: dict[str, str] = {}
 
     def plan_for(self, mapper: Mapper[Any]) -> ModelPlan | None:
         try:
@@ -153,6 +154,12 @@ class ModelRegistry:
             self._refresh_tables()
         return self._table_ttls.get(table_name)
 
+    def label_of(self, table_name: str) -> str:
+        """The stats label of a table: its model's class name, else the table name."""
+        if table_name not in self._labels:
+            self._refresh_tables()
+        return self._labels.get(table_name, table_name)
+
     def longest_ttl(self, at_least: int) -> int:
         """The longest TTL any cache-enabled model is configured with (or ``at_least``)."""
         self._refresh_tables()
@@ -175,7 +182,11 @@ class ModelRegistry:
         self._mapper_count = len(mappers)
         owners: dict[str, list[Mapper[Any]]] = {}
         links: dict[str, list[Mapper[Any]]] = {}
+        labels: dict[str, str] = {}
         for mapper in mappers:
+            local_name = getattr(mapper.local_table, "fullname", None)
+            if local_name is not None:
+                labels.setdefault(local_name, mapper.class_.__name__)
             for table in mapper.tables:
                 owners.setdefault(table.fullname, []).append(mapper)
             for relationship in mapper.relationships:
@@ -192,6 +203,7 @@ class ModelRegistry:
                 cached.add(name)
         self._table_ttls = ttls
         self._cached_tables = cached
+        self._labels = labels
 
     def _shortest_query_ttl(self, mappers: list[Mapper[Any]]) -> int | None:
         ttls = []

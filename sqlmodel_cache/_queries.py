@@ -242,6 +242,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
         rows = _decode(runtime, state, shape, key, fetched.entry)
         if rows is not None:
             stats.add(shape.label, "query_hits")
+            stats.add(shape.label, "bytes_read", len(fetched.entry))
             return rows_result(shape.keys, shape.extras, shape.unique_filters, rows)
         stats.add(shape.label, "errors")
         stats.warn("bad_entry", "undecodable cache entry for %s removed", shape.label)

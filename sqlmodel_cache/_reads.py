@@ -156,6 +156,7 @@ def serve_get(
         else:
             instance = instance_for(state.session, plan, values)
             stats.add(model, "hits")
+            stats.add(model, "bytes_read", len(fetched.entry))
             return rows_result([model], [()], [id], [(instance,)])
 
     stats.add(model, "misses")
@@ -294,6 +295,8 @@ def store(
         transport_failed(runtime, label, "cache fill failed: %r", exc)
     else:
         runtime.stats.add(label, f"{events}fills" if stored else "fill_rejected")
+        if stored:
+            runtime.stats.add(label, "bytes_written", len(entry))
     return True
 
 

@@ -1,4 +1,8 @@
-"""Counters: what the cache did, per model. Cheap enough for the hot path."""
+"""Counters: what the cache did, per model. Cheap enough for the hot path.
+
+Every count can also be pushed to subscribers (``SQLModelCache.subscribe``); the metrics
+integrations do not need that: they read :meth:`Stats.snapshot` when scraped.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 logger = logging.getLogger("sqlmodel_cache")
+
+#: ``callback(label, event, amount)``, called for every count.
+Subscriber = Callable[[str, str, int], None]
+
+#: Process-wide, so subscriptions made at import time survive ``configure()``;
+#: ``reset()`` clears them. A tuple, replaced on change, so the hot path reads it unlocked.
+subscribers: tuple[Subscriber, ...] = ()
 
 
 class Stats:
@@ -24,6 +36,15 @@ class Stats:
     def add(self, model: str, event: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[(model, event)] += amount
+        if subscribers:
+            self._notify(model, event, amount)
+
+    def _notify(self, model: str, event: str, amount: int) -> None:
+        for subscriber in subscribers:
+            try:
+                subscriber(model, event, amount)
+            except Exception as exc:  # noqa: BLE001 - a broken hook must not break a read
+                self.warn("subscriber", "a stats subscriber raised %r; ignored", exc)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """``{label: {event: count}}`` (see ``SQLModelCache.stats()`` for the events)."""

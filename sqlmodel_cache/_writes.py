@@ -208,6 +208,8 @@ def deliver(
             runtime.breaker.record_success()
             pending.delivered(taken)
             runtime.stats.add("*", "invalidations", len(rows) + len(tags))
+            for table in tables:
+                runtime.stats.add(runtime.registry.label_of(table), "invalidations")
             return None
     if row_keys or tag_keys:
         pending.add(row_keys, tag_keys, tables, runtime.registry.longest_ttl(runtime.max_ttl))

@@ -1,9 +1,10 @@
 """Fixtures: real servers, and an ``env`` that runs one test body in every configuration.
 
 ``env`` is parametrised over (sync ``Session``, ``AsyncSession``) x (memory, Redis) x
-(SQLite, PostgreSQL), plus a 3-node Redis Cluster with SQLite for both session kinds. A test body is a plain function of a sync ``Session``; in async mode it
-runs through ``AsyncSession.run_sync``, which is exactly how ``AsyncSession.get()`` and
-``commit()`` drive the sync session: inside SQLAlchemy's greenlet, with the async transport
+(SQLite, PostgreSQL), plus a 3-node Redis Cluster with SQLite for both session kinds. A test
+body is a plain function of a sync ``Session``; in async mode it runs through
+``AsyncSession.run_sync``, which is exactly how ``AsyncSession.get()`` and ``commit()`` drive
+the sync session: inside SQLAlchemy's greenlet, with the async transport
 awaited from there. Servers are started once per test run; under ``CI=true`` a server that
 cannot be started fails the tests instead of skipping them.
 """

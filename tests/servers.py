@@ -277,7 +277,7 @@ def start_redis_cluster(masters: int = 3, binary: str | None = None) -> RedisClu
         for index, node in enumerate(cluster.nodes):
             first, last = slots * index // masters, slots * (index + 1) // masters - 1
             _command(node.port, "CLUSTER", "ADDSLOTS", *map(str, range(first, last + 1)))
-        for node, bus_port in zip(cluster.nodes[1:], bus_ports[1:]):
+        for node, bus_port in zip(cluster.nodes[1:], bus_ports[1:], strict=True):
             _command(cluster.nodes[0].port, "CLUSTER", "MEET", _HOST, str(node.port), str(bus_port))
         deadline = time.monotonic() + _START_TIMEOUT
         while not all(
