@@ -183,7 +183,7 @@ class SQLModelCache:
 
     @classmethod
     def subscribe(cls, callback: Callable[[str, str, int], None]) -> Callable[[], None]:
-        """Call ``callback(label, event, amount)`` for every count :meth:`stats` records,
+        """Call ``callback(label, event, amount)`` for every count ``stats()`` records,
         e.g. ``("Hero", "hits", 1)``, and return a function that unsubscribes it.
 
         The callback runs synchronously on the read or commit path, so keep it cheap; an
@@ -208,7 +208,7 @@ class SQLModelCache:
         programs). A composite key is a tuple: ``invalidate(Membership, ("acme", 1))``.
 
         Raises:
-            InvalidationError: the transport failed, or is async (use :meth:`ainvalidate`).
+            InvalidationError: the transport failed, or is async (use ``ainvalidate()``).
         """
         runtime = _runtime()
         _invalidation.apply(runtime, *_invalidation.rows(runtime, model, pks))
@@ -216,30 +216,39 @@ class SQLModelCache:
     @classmethod
     def invalidate_model(cls, model: type) -> None:
         """Invalidate every cached row of ``model`` and every cached query over its tables,
-        in O(1) (no key scan)."""
+        in O(1) (no key scan).
+
+        Raises:
+            InvalidationError: the transport failed, or is async (use ``ainvalidate_model()``).
+        """
         runtime = _runtime()
         _invalidation.apply(runtime, *_invalidation.model(runtime, model))
 
     @classmethod
     def invalidate_tables(cls, *table_names: str) -> None:
         """Invalidate everything cached from the named tables (for tables without a model,
-        such as association tables): their rows and every query that reads them."""
+        such as association tables): their rows and every query that reads them.
+
+        Raises:
+            ConfigurationError: a name is not a non-empty string.
+            InvalidationError: the transport failed, or is async (use ``ainvalidate_tables()``).
+        """
         runtime = _runtime()
         _invalidation.apply(runtime, *_invalidation.tables(runtime, table_names))
 
     @classmethod
     async def ainvalidate(cls, model: type, *pks: Any) -> None:
-        """Async twin of :meth:`invalidate`, for async transports."""
+        """Async twin of ``invalidate()``, for async transports."""
         await greenlet_spawn(cls.invalidate, model, *pks)
 
     @classmethod
     async def ainvalidate_model(cls, model: type) -> None:
-        """Async twin of :meth:`invalidate_model`."""
+        """Async twin of ``invalidate_model()``."""
         await greenlet_spawn(cls.invalidate_model, model)
 
     @classmethod
     async def ainvalidate_tables(cls, *table_names: str) -> None:
-        """Async twin of :meth:`invalidate_tables`."""
+        """Async twin of ``invalidate_tables()``."""
         await greenlet_spawn(cls.invalidate_tables, *table_names)
 
 

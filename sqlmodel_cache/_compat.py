@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.util import await_only as _await_only
 from sqlalchemy.util import greenlet_spawn as greenlet_spawn
@@ -97,6 +98,34 @@ def flushed_states(flush_context: UOWTransaction) -> Iterator[InstanceState[Any]
     for state, (_isdelete, listonly) in flush_context.states.items():
         if not listonly:
             yield state
+
+
+def attach_loaded(
+    session: Session, mapper: Mapper[Any], identity_key: Any, values: dict[str, Any]
+) -> object:
+    """A persistent instance of ``mapper`` holding ``values``, put into the session's identity
+    map as SQLAlchemy's loader puts a freshly loaded row (``loading._instance``): no
+    validation, no copy, no attach events; all attributes committed."""
+    instance = mapper.class_manager.new_instance()
+    state: InstanceState[Any] = instance_state(instance)
+    state.dict.update(values)
+    state.key = identity_key
+    state.identity_token = identity_key[2]
+    state.session_id = session.hash_key
+    session.identity_map._add_unpresent(state, identity_key)
+    state._commit_all(state.dict, session.identity_map)
+    return instance
+
+
+def autobegin(session: Session) -> None:
+    """Begin the session's transaction if it has none, as executing a statement does."""
+    session._autobegin_t()
+
+
+def is_clean(session: Session) -> bool:
+    """True when the session holds no pending, modified or deleted objects (nothing for an
+    autoflush to write)."""
+    return session._is_clean()
 
 
 def autoflush(session: Session) -> None:

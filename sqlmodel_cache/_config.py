@@ -21,11 +21,15 @@ def check_ttl(value: object, what: str) -> int:
 class CacheConfig:
     """Per-model cache configuration.
 
-    Assign it as a class attribute of a SQLModel table model to cache that model::
+    Assign it as a class attribute of a SQLModel table model to cache that model:
 
-        class Hero(SQLModel, table=True):
-            __cache_config__ = CacheConfig(ttl=600)
-            id: int | None = Field(default=None, primary_key=True)
+    ```python
+    class Hero(SQLModel, table=True):
+        __cache_config__ = CacheConfig(ttl=600)
+        id: int | None = Field(default=None, primary_key=True)
+    ```
+
+    Invalid values raise ``ConfigurationError`` when the ``CacheConfig`` is created.
 
     Attributes:
         enabled: ``False`` keeps the model out of the cache (every read goes to the database).
@@ -57,7 +61,21 @@ class CacheConfig:
 class CacheSettings:
     """The active global configuration, as returned by ``SQLModelCache.get_config()``.
 
-    Built and validated by ``SQLModelCache.configure()``; see its docstring for each field.
+    Built and validated by ``SQLModelCache.configure()``, whose arguments of the same names
+    describe each field.
+
+    Attributes:
+        transport: the transport entries are stored in.
+        default_ttl: seconds an entry lives when its model's ``CacheConfig.ttl`` is None.
+        key_prefix: the start of every key.
+        enabled: ``False`` when ``configure(enabled=False)`` installed nothing.
+        max_entry_bytes: entries larger than this are not stored.
+        lease_ttl: seconds a reader that missed may take to fill the entry.
+        lease_wait: seconds a reader waits for another reader's fill of the same entry.
+        signing_key: the HMAC-SHA256 key entries are signed with, or None (not shown in
+            ``repr()``).
+        raise_on_invalidation_error: whether ``commit()`` raises ``InvalidationError``
+            when its invalidation fails.
     """
 
     transport: object

@@ -24,7 +24,14 @@ class ConfigurationError(CacheError):
 
 
 class MissingDependencyError(ConfigurationError):
-    """A feature needs an optional dependency that is not installed."""
+    """A feature needs an optional dependency that is not installed.
+
+    The message says what to install, e.g. ``pip install 'sqlmodel-cache[redis]'``.
+
+    Attributes:
+        package (str): the missing package, e.g. ``"redis"``.
+        extra (str): the sqlmodel-cache extra that installs it, e.g. ``"redis"``.
+    """
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(

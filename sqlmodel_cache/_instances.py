@@ -7,10 +7,9 @@ from typing import Any
 
 from sqlalchemy.engine import Result
 from sqlalchemy.engine.result import IteratorResult
-from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm import Session
 
-from sqlmodel_cache._compat import row_metadata
+from sqlmodel_cache._compat import attach_loaded, row_metadata
 from sqlmodel_cache._models import ModelPlan
 
 
@@ -25,10 +24,7 @@ def instance_for(session: Session, plan: ModelPlan, values: dict[str, Any]) -> o
     existing = session.identity_map.get(identity)
     if existing is not None:
         return existing
-    instance: object = mapper.class_manager.new_instance()
-    instance_state(instance).dict.update(values)
-    make_transient_to_detached(instance)
-    session.add(instance)
+    instance = attach_loaded(session, mapper, identity, values)
     for key in plan.eager_relationships:
         # NOTE: eager relationships load now, as they would have with the row, so code that
         # relies on lazy="selectin" (e.g. under AsyncSession) finds them loaded.

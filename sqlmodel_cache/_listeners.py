@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from sqlmodel_cache import _queries, _reads, _state, _writes
+from sqlmodel_cache import _fastget, _queries, _reads, _state, _writes
 
 
 def _on_do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
@@ -93,15 +93,17 @@ _TARGETS: tuple[tuple[type, tuple[tuple[str, Callable[..., Any]], ...]], ...] = 
 
 
 def install() -> None:
-    """Add the listeners (idempotent)."""
+    """Add the listeners and ``Session.get``'s fast path (idempotent)."""
     for target, listeners in _TARGETS:
         for name, listener in listeners:
             if not event.contains(target, name, listener):
                 event.listen(target, name, listener)
+    _fastget.install()
 
 
 def uninstall() -> None:
-    """Remove the listeners (idempotent)."""
+    """Remove the listeners and the fast path (idempotent)."""
+    _fastget.uninstall()
     for target, listeners in _TARGETS:
         for name, listener in listeners:
             if event.contains(target, name, listener):

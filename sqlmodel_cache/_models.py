@@ -27,6 +27,7 @@ class ModelPlan:
     """Everything the read and write paths need for one cache-enabled mapped class."""
 
     mapper: Mapper[Any]
+    label: str  # the model's class name, for stats
     config: CacheConfig
     table_name: str
     codec: RowCodec
@@ -77,6 +78,7 @@ def _build_plan(mapper: Mapper[Any], config: CacheConfig, prefix: str) -> ModelP
     table_prefix = _keys.table_part(prefix, table_name)
     return ModelPlan(
         mapper=mapper,
+        label=mapper.class_.__name__,
         config=config,
         table_name=table_name,
         codec=codec,

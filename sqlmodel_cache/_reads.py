@@ -32,6 +32,10 @@ from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import deliver, tracker_of
 from sqlmodel_cache.transport._protocols import Fetched
 
+#: Execution option by which ``Session.get()``'s fast path hands its fetch (a miss and its
+#: lease, or ``None`` when the cache is unavailable) to the event path: ``(key, found)``.
+PREFETCHED = "_sqlmodel_cache_prefetched"
+
 #: Polling interval while another reader fills a key: starts here, doubles up to MAX_POLL.
 FIRST_POLL = 0.002
 MAX_POLL = 0.02
@@ -73,9 +77,7 @@ def read_bypass(
     Shared by gets and queries; ``tables`` are the tables the read reads, ``bind`` the
     engine or connection it would run on."""
     options = state.execution_options
-    if "schema_translate_map" in options or bind.get_execution_options().get(
-        "schema_translate_map"
-    ):
+    if "schema_translate_map" in options:
         # One statement, several schemas: keys do not name the schema (see the docs).
         return "schema_translate_map"
     cache = options.get("cache", True)
@@ -90,21 +92,32 @@ def read_bypass(
         return "statement_options"
     if identity_token_of(state.load_options) is not None:
         return "identity_token"
+    ttl = options.get("cache_ttl", default_ttl)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        runtime.stats.warn("cache_ttl", "execution option cache_ttl must be a positive int")
+        return "invalid_option"
     if state.load_options._autoflush:
         # SQLAlchemy autoflushes before its SELECT; a hit must not skip that, and what the
         # flush writes must make the reads below bypass the cache.
         autoflush(state.session)
-    if own_writes_block(state.session, tables):
+    reason = session_bypass(runtime, state.session, tables, bind)
+    return ttl if reason is None else reason
+
+
+def session_bypass(
+    runtime: Runtime, session: Session, tables: Sequence[str], bind: Engine | Connection
+) -> str | None:
+    """Why a read of ``tables`` in ``session`` on ``bind`` must go to the database, whatever
+    the call's options; ``None`` when it may use the cache."""
+    if bind.get_execution_options().get("schema_translate_map"):
+        return "schema_translate_map"
+    if own_writes_block(session, tables):
         return "own_writes"
     pending = runtime.pending
     if pending and pending.retry_due() and runtime.driver.usable_here():
         deliver(runtime, set(), set(), set())
     if pending.blocks(tables):
         return "pending_invalidation"
-    ttl = options.get("cache_ttl", default_ttl)
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-        runtime.stats.warn("cache_ttl", "execution option cache_ttl must be a positive int")
-        return "invalid_option"
     if not runtime.driver.usable_here():
         runtime.stats.warn(
             "async_in_sync",
@@ -112,7 +125,7 @@ def read_bypass(
             type(runtime.driver.transport).__name__,
         )
         return "async_transport_in_sync_session"
-    return ttl
+    return None
 
 
 def own_writes_block(session: Session, tables: Sequence[str]) -> bool:
@@ -125,7 +138,7 @@ def serve_get(
     runtime: Runtime, state: ORMExecuteState, plan: ModelPlan, pk: tuple[Any, ...]
 ) -> Result[Any] | None:
     """Answer a ``Session.get()`` from the cache, or run it and fill the cache."""
-    model = plan.mapper.class_.__name__
+    model = plan.label
     stats = runtime.stats
     tables = (plan.table_name,)
     default_ttl = plan.config.ttl or runtime.settings.default_ttl
@@ -141,22 +154,18 @@ def serve_get(
         return None
     ttl = checked
 
-    schema = plan.codec.schema
-    found = fetch(runtime, model, "", key, (plan.row_tag_key,), schema)
+    prefetched = state.execution_options.get(PREFETCHED)
+    if prefetched is not None and prefetched[0] == key:
+        found = prefetched[1]  # the fast path fetched already: a miss, or None (no cache)
+    else:
+        found = fetch(runtime, model, "", key, (plan.row_tag_key,), plan.codec.schema)
     if found is None:
         return None
     fetched, lease = found
 
     if fetched.entry is not None:
-        values = _decode_hit(runtime, plan, key, fetched.entry)
-        if values is None:
-            stats.add(model, "errors")
-            stats.warn("bad_entry", "undecodable cache entry for %s removed", model)
-            forget(runtime, key)
-        else:
-            instance = instance_for(state.session, plan, values)
-            stats.add(model, "hits")
-            stats.add(model, "bytes_read", len(fetched.entry))
+        instance = answer_hit(runtime, state.session, plan, key, fetched.entry)
+        if instance is not None:
             return rows_result([model], [()], [id], [(instance,)])
 
     stats.add(model, "misses")
@@ -172,6 +181,24 @@ def serve_get(
         if not filled:
             forget(runtime, key)  # give the lease back: others may be waiting for it
     return frozen()
+
+
+def answer_hit(
+    runtime: Runtime, session: Session, plan: ModelPlan, key: str, entry: bytes
+) -> object | None:
+    """The session's instance for a valid ``entry``; ``None`` (counted, logged, entry
+    removed) when the entry is corrupt, foreign or for another key."""
+    values = _decode_hit(runtime, plan, key, entry)
+    stats = runtime.stats
+    if values is None:
+        stats.add(plan.label, "errors")
+        stats.warn("bad_entry", "undecodable cache entry for %s removed", plan.label)
+        forget(runtime, key)
+        return None
+    instance = instance_for(session, plan, values)
+    stats.add(plan.label, "hits")
+    stats.add(plan.label, "bytes_read", len(entry))
+    return instance
 
 
 def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> dict[str, Any] | None:
@@ -204,7 +231,7 @@ def _fill(
 ) -> bool:
     """Store the row just loaded, if it is exactly what the key names and fits the limits;
     ``True`` if a fill was attempted."""
-    model = plan.mapper.class_.__name__
+    model = plan.label
     if len(rows) != 1 or type(rows[0][0]) is not plan.mapper.class_:
         return False  # no such row: absence is not cached
     instance = rows[0][0]

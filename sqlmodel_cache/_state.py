@@ -9,7 +9,7 @@ from sqlmodel_cache._breaker import CircuitBreaker
 from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._config import CacheSettings
 from sqlmodel_cache._driver import Driver
-from sqlmodel_cache._models import ModelRegistry
+from sqlmodel_cache._models import ModelPlan, ModelRegistry
 from sqlmodel_cache._pending import PendingInvalidations
 from sqlmodel_cache._shapes import ShapeCache
 from sqlmodel_cache._stats import Stats
@@ -27,6 +27,8 @@ class Runtime:
     pending: PendingInvalidations = field(default_factory=PendingInvalidations)
     stats: Stats = field(default_factory=Stats)
     shapes: ShapeCache[Any] = field(default_factory=ShapeCache)
+    #: ``Session.get()``'s fast path: entity (class or mapper) -> its plan, or None.
+    get_plans: dict[Any, ModelPlan | None] = field(default_factory=dict)
 
     #: The longest TTL this process has stored an entry with (pending invalidations last
     #: that long: every entry they would have removed has expired by then).

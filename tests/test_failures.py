@@ -283,7 +283,8 @@ def test_configure_twice_replaces_the_configuration(mem_env: Env) -> None:
     _reconfigure(mem_env, mem_env.transport, default_ttl=43)
     assert SQLModelCache.get_config().default_ttl == 43
     mem_env.run(_name)
-    assert SQLModelCache.stats()["Hero"] == {"fills": 1, "misses": 1}
+    hero = SQLModelCache.stats()["Hero"]
+    assert (hero["fills"], hero["misses"], hero.get("hits", 0)) == (1, 1, 0)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Optional exporters of ``SQLModelCache.stats()``: :mod:`.prometheus` and :mod:`.opentelemetry`.
+"""Optional exporters of ``SQLModelCache.stats()``: ``prometheus`` and ``opentelemetry``.
 
 Both read the counters when metrics are collected, so they add nothing to the read path.
 """

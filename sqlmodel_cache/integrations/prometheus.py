@@ -7,7 +7,7 @@
     instrument()  # registers with prometheus_client's default registry
 
 Exposes counters such as ``sqlmodel_cache_hits_total{model="Hero",kind="get"}``; see
-:data:`~sqlmodel_cache.integrations._families.FAMILIES` for the full list. Values are read
+``FAMILIES`` for the full list. Values are read
 from ``stats()`` at scrape time, so they restart from zero after ``configure()``, which
 Prometheus treats as a counter reset.
 """
@@ -55,7 +55,7 @@ class CacheCollector(Collector):
 def instrument(
     registry: CollectorRegistry | None = None, *, namespace: str = "sqlmodel_cache"
 ) -> CacheCollector:
-    """Register a :class:`CacheCollector` with ``registry`` (default: the global one) and
+    """Register a ``CacheCollector`` with ``registry`` (default: the global one) and
     return it (``registry.unregister(collector)`` undoes it)."""
     collector = CacheCollector(namespace)
     target: Any = REGISTRY if registry is None else registry

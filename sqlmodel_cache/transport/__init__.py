@@ -1,8 +1,8 @@
 """Transports: where cache entries live.
 
-Built in: :class:`MemoryTransport` (in-process, the embedded default),
-:class:`RedisSyncTransport` and :class:`RedisAsyncTransport` (Redis / Valkey via redis-py).
-Any object with ``get``/``set``/``delete`` (see :class:`CacheTransport`) also works.
+Built in: ``MemoryTransport`` (in-process, the embedded default),
+``RedisSyncTransport`` and ``RedisAsyncTransport`` (Redis / Valkey via redis-py).
+Any object with ``get``/``set``/``delete`` (see ``CacheTransport``) also works.
 """
 
 from sqlmodel_cache.transport._memory import MemoryTransport

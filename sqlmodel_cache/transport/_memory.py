@@ -19,6 +19,9 @@ class MemoryTransport:
     used key is evicted (tag keys included, which is safe: a missing tag is recreated with
     a fresh value, so the entries that carried the evicted one simply stop matching).
 
+    For tests and inspection it also has ``len(transport)`` (the number of live keys),
+    ``keys()``, ``ttl(key)`` and ``clear()``.
+
     Args:
         max_entries: the most keys kept at once.
     """

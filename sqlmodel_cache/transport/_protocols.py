@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-#: First byte of a lease marker. Entries start with hex tags, so they never start with it.
 LEASE_PREFIX = b"L"
+"""The first byte of every lease marker. Entries start with hex tags, so no entry starts
+with it; ``fetch`` uses it to tell another reader's lease from an entry."""
 
 
 class Fetched(NamedTuple):
@@ -60,7 +61,7 @@ class CacheTransport(Protocol):
 
 @runtime_checkable
 class AsyncCacheTransport(Protocol):
-    """The minimal asyncio transport: coroutine twins of :class:`CacheTransport`."""
+    """The minimal asyncio transport: coroutine twins of ``CacheTransport``."""
 
     async def get(self, key: str) -> bytes | None:
         """Return the value stored under ``key``, or ``None``."""
@@ -100,7 +101,7 @@ class AtomicCacheTransport(CacheTransport, Protocol):
 
 @runtime_checkable
 class AsyncAtomicCacheTransport(AsyncCacheTransport, Protocol):
-    """Coroutine twins of :class:`AtomicCacheTransport`."""
+    """Coroutine twins of ``AtomicCacheTransport``."""
 
     async def fetch(
         self,
@@ -111,12 +112,12 @@ class AsyncAtomicCacheTransport(AsyncCacheTransport, Protocol):
         lease: bytes,
         lease_ttl_ms: int,
     ) -> Fetched:
-        """See :meth:`AtomicCacheTransport.fetch`."""
+        """See ``AtomicCacheTransport.fetch``."""
 
     async def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
-        """See :meth:`AtomicCacheTransport.fill`."""
+        """See ``AtomicCacheTransport.fill``."""
 
     async def invalidate(
         self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
     ) -> None:
-        """See :meth:`AtomicCacheTransport.invalidate`."""
+        """See ``AtomicCacheTransport.invalidate``."""

@@ -152,8 +152,15 @@ class RedisSyncTransport:
     def from_url(
         cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, cluster: bool = False, **options: Any
     ) -> RedisSyncTransport:
-        """A transport over ``redis.Redis.from_url(url)`` with bounded timeouts, or over
-        ``redis.RedisCluster.from_url(url)`` when ``cluster`` is true."""
+        """A transport over ``redis.Redis.from_url(url)``, or ``redis.RedisCluster.from_url(url)``.
+
+        Args:
+            url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, credentials included.
+            timeout: socket and connect timeout in seconds (default 0.25), unless
+                ``options`` set ``socket_timeout`` / ``socket_connect_timeout`` themselves.
+            cluster: build a Redis Cluster client (the URL names any one node).
+            **options: passed to redis-py's ``from_url``.
+        """
         redis = _import_redis()
         client_class = redis.RedisCluster if cluster else redis.Redis
         return cls(client_class.from_url(url, **_bounded(options, timeout)))
@@ -222,8 +229,16 @@ class RedisAsyncTransport:
     def from_url(
         cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, cluster: bool = False, **options: Any
     ) -> RedisAsyncTransport:
-        """A transport over ``redis.asyncio.Redis.from_url(url)`` with bounded timeouts, or
-        over ``redis.asyncio.RedisCluster.from_url(url)`` when ``cluster`` is true."""
+        """A transport over ``redis.asyncio.Redis.from_url(url)``, or
+        ``redis.asyncio.RedisCluster.from_url(url)``.
+
+        Args:
+            url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, credentials included.
+            timeout: socket and connect timeout in seconds (default 0.25), unless
+                ``options`` set ``socket_timeout`` / ``socket_connect_timeout`` themselves.
+            cluster: build a Redis Cluster client (the URL names any one node).
+            **options: passed to redis-py's ``from_url``.
+        """
         _import_redis()
         import redis.asyncio
 

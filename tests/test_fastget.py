@@ -1,0 +1,160 @@
+"""``Session.get()``'s fast path: what it answers itself, what it hands to SQLAlchemy, and
+that both behave alike (the whole get suite also runs through it, in every env)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import ORMExecuteState
+from sqlmodel import Session
+
+from sqlmodel_cache import SQLModelCache
+from sqlmodel_cache._fastget import get as fast_get
+from sqlmodel_cache.transport import MemoryTransport
+from tests.conftest import Env
+from tests.models import Hero
+from tests.test_failures import Flaky
+
+ORIGINAL_GET = Session.get
+
+
+def _seed(env: Env) -> None:
+    env.run(lambda s: (s.add(Hero(id=1, name="Spider")), s.commit()))
+    env.reset_sql()
+
+
+@pytest.fixture
+def flaky_env(mem_env: Env) -> Env:
+    """mem_env whose transport counts calls and can be made to fail."""
+    mem_env.transport = Flaky(mem_env.transport)
+    SQLModelCache.configure(mem_env.transport, key_prefix=mem_env.prefix)
+    return mem_env
+
+
+def test_configure_installs_and_reset_restores_session_get() -> None:
+    SQLModelCache.configure(MemoryTransport())
+    assert Session.get is fast_get
+    SQLModelCache.reset()
+    assert Session.get is not fast_get
+    assert Session.get.__qualname__ == "Session.get"
+
+
+def test_hit_is_one_transport_call_and_a_persistent_instance(flaky_env: Env) -> None:
+    _seed(flaky_env)
+    flaky_env.run(lambda s: s.get(Hero, 1))  # miss + fill
+    flaky_env.transport.calls = 0
+    flaky_env.reset_sql()
+
+    def read(session: Session) -> tuple[bool, bool, bool, str]:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        state = inspect(hero)
+        return state.persistent, hero in session, session.in_transaction(), hero.name
+
+    assert flaky_env.run(read) == (True, True, True, "Spider")
+    assert flaky_env.transport.calls == 1
+    assert flaky_env.statements == []
+
+
+def test_miss_costs_one_fetch_and_one_fill(flaky_env: Env) -> None:
+    _seed(flaky_env)
+    flaky_env.transport.calls = 0
+    assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"
+    assert flaky_env.transport.calls == 2  # the fast path's fetch is handed down
+    assert len(flaky_env.selects()) == 1
+    hero = SQLModelCache.stats()["Hero"]
+    assert (hero["misses"], hero["fills"]) == (1, 1)
+
+
+def test_a_failing_cache_costs_one_call_then_the_database(flaky_env: Env) -> None:
+    _seed(flaky_env)
+    flaky_env.transport.failing = True
+    flaky_env.transport.calls = 0
+    assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"
+    assert flaky_env.transport.calls == 1  # not retried by the event path
+    assert len(flaky_env.selects()) == 1
+    assert SQLModelCache.stats()["Hero"]["errors"] == 1
+
+
+def test_identity_map_object_is_returned_without_a_cache_call(flaky_env: Env) -> None:
+    _seed(flaky_env)
+
+    def twice(session: Session) -> bool:
+        first = session.get(Hero, 1)
+        calls = flaky_env.transport.calls
+        second = session.get(Hero, 1)
+        assert flaky_env.transport.calls == calls
+        return first is second
+
+    assert flaky_env.run(twice)
+
+
+def test_pending_changes_are_autoflushed_before_a_get(flaky_env: Env) -> None:
+    """SQLAlchemy's get flushes first; so must a get served from the cache, and the flush
+    then makes the read bypass the cache (own writes)."""
+    _seed(flaky_env)
+    flaky_env.run(lambda s: s.get(Hero, 1))
+
+    def body(session: Session) -> str:
+        session.add(Hero(id=2, name="Iron"))
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        return hero.name
+
+    flaky_env.reset_sql()
+    assert flaky_env.run(body) == "Spider"
+    assert any(s.startswith("INSERT") for s in flaky_env.statements)
+    assert SQLModelCache.stats()["Hero"]["bypass:own_writes"] == 1
+
+
+def test_other_do_orm_execute_listeners_still_see_every_get(mem_env: Env) -> None:
+    """A listener that must see reads (tenant criteria, auditing) disables the fast path:
+    the get goes through the event path, where a listener registered before ``configure()``
+    runs before the cache answers, and the get is still a hit."""
+    _seed(mem_env)
+    seen: list[Any] = []
+
+    def audit(state: ORMExecuteState) -> None:
+        seen.append(state.statement)
+
+    event.listen(Session, "do_orm_execute", audit)
+    SQLModelCache.configure(mem_env.transport, key_prefix=mem_env.prefix)
+    mem_env.run(lambda s: s.get(Hero, 1))
+    seen.clear()
+    try:
+        mem_env.reset_sql()
+        assert mem_env.run(lambda s: s.get(Hero, 1).name) == "Spider"
+    finally:
+        event.remove(Session, "do_orm_execute", audit)
+    assert len(seen) == 1
+    assert mem_env.statements == []
+    assert SQLModelCache.stats()["Hero"]["hits"] == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"populate_existing": True},
+        {"with_for_update": True},
+        {"execution_options": {"cache": False}},
+        {"options": []},  # empty: still the fast path
+    ],
+)
+def test_calls_with_options_take_the_usual_way(mem_env: Env, options: dict[str, Any]) -> None:
+    _seed(mem_env)
+    mem_env.run(lambda s: s.get(Hero, 1))
+    mem_env.reset_sql()
+    assert mem_env.run(lambda s: s.get(Hero, 1, **options).name) == "Spider"
+    cached = options == {"options": []}
+    assert (mem_env.selects() == []) is cached
+
+
+def test_unusual_identities_are_handed_to_sqlalchemy(mem_env: Env) -> None:
+    _seed(mem_env)
+    assert mem_env.run(lambda s: s.get(Hero, {"id": 1}).name) == "Spider"
+    assert mem_env.run(lambda s: s.get(Hero, [1]).name) == "Spider"
+    with pytest.raises(Exception, match="Incorrect number of values"):
+        mem_env.run(lambda s: s.get(Hero, (1, 2)))
+    assert mem_env.run(lambda s: s.get(inspect(Hero), 1).name) == "Spider"
