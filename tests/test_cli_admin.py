@@ -136,11 +136,17 @@ def test_stats_counts_leases_and_foreign_keys(
 
 
 @pytest.mark.redis
+def _without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import rich`` (and of any rich submodule imported earlier) fail."""
+    for name in [name for name in sys.modules if name.split(".")[0] == "rich"] + ["rich"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_stats_table_and_plain_fallback(
     filled: Filled, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without rich, the same table is printed as plain aligned text."""
-    monkeypatch.setitem(sys.modules, "rich", None)
+    _without_rich(monkeypatch)
     assert filled.run("stats") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"sqlmodel-cache keys under prefix {filled.prefix!r}"
@@ -156,7 +162,6 @@ def test_stats_table_and_plain_fallback(
 @pytest.mark.redis
 def test_stats_with_rich_prints_a_table(filled: Filled, capsys: pytest.CaptureFixture[str]) -> None:
     """With rich installed (the cli extra), stats prints a boxed table."""
-    pytest.importorskip("rich")
     assert filled.run("stats") == 0
     out = capsys.readouterr().out
     assert "┃ table" in out
@@ -588,7 +593,7 @@ def test_bench_shows_progress_on_a_terminal_only(
     """On a terminal, progress goes to stderr (rich's bar, or a plain percentage), and
     stdout still holds nothing but the JSON."""
     if not rich:
-        monkeypatch.setitem(sys.modules, "rich", None)
+        _without_rich(monkeypatch)
     err = _Terminal()
     monkeypatch.setattr(sys, "stderr", err)
     url = f"sqlite:///{tmp_path / 'app.db'}"
