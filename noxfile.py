@@ -1,18 +1,33 @@
 """Every check the project runs, one command: ``python -m nox``.
 
-Sessions: ``checks`` (ruff lint + format, mypy --strict, strict docs build) and ``tests``
-on SQLAlchemy 2.0 and 2.1 (with coverage). Servers (Redis, PostgreSQL) are started by the
-test-suite itself; under ``CI=true`` a missing server fails the run instead of skipping.
+Sessions: ``checks`` (ruff lint + format, mypy --strict, strict docs build), ``tests``
+on SQLAlchemy 2.0 and 2.1 (with coverage), and ``bench_smoke`` (every benchmark scenario in
+every variant, a few iterations each, so the suite cannot rot). Servers (Redis, PostgreSQL)
+are started by the test-suite and the benchmarks themselves; under ``CI=true`` a missing
+server fails the run instead of skipping.
+
+Not run by default: ``bench``, the full benchmark suite (``python -m nox -s bench``; see
+benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["checks", "tests"]
+nox.options.sessions = ["checks", "tests", "bench_smoke"]
 nox.options.reuse_existing_virtualenvs = True
 
 SQLALCHEMY = {"2.0": "sqlalchemy>=2.0.30,<2.1", "2.1": "sqlalchemy>=2.1.0b1,<2.2"}
+# The benchmarks' own environment: this repository on SQLAlchemy 2.1 with every driver. The
+# runner builds the SQLAlchemy 2.0 and sqlmodel-cache 0.1.1 environments itself (.nox/bench-venvs).
+BENCH = (
+    "-e",
+    ".[redis,async]",
+    SQLALCHEMY["2.1"],
+    "psycopg[binary]>=3.1",
+    "asyncpg>=0.29",
+    "aiosqlite>=0.20",
+)
 
 
 @nox.session
@@ -38,3 +53,18 @@ def tests(session: nox.Session, sqlalchemy: str) -> None:
         "--cov-report=term-missing:skip-covered",
         *session.posargs,
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite: tables on stdout, JSON in benchmarks/results/ (arguments after
+    ``--`` go to benchmarks/run.py, e.g. ``--only pg.sync`` or ``--profile NAME``)."""
+    session.install(*BENCH, "pyinstrument>=4")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def bench_smoke(session: nox.Session) -> None:
+    """Every benchmark scenario and variant, a few iterations, no targets: fails on any error."""
+    session.install(*BENCH)
+    session.run("python", "benchmarks/run.py", "--smoke", *session.posargs)

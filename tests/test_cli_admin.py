@@ -135,13 +135,13 @@ def test_stats_counts_leases_and_foreign_keys(
     assert stats["other_keys"] == 1
 
 
-@pytest.mark.redis
 def _without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``import rich`` (and of any rich submodule imported earlier) fail."""
     for name in [name for name in sys.modules if name.split(".")[0] == "rich"] + ["rich"]:
         monkeypatch.setitem(sys.modules, name, None)
 
 
+@pytest.mark.redis
 def test_stats_table_and_plain_fallback(
     filled: Filled, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
