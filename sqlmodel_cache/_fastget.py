@@ -13,6 +13,12 @@ Every other call goes to SQLAlchemy's ``get`` and through the event path unchang
 does too, carrying its fetch along (``PREFETCHED``), so it costs no extra round trip and
 the event path, which reads the database and fills the entry under the lease the fetch
 took, stays the one place where fills happen.
+
+``AsyncSession.get`` is wrapped the same way (:func:`aget`) when the transport is async: a
+hit is then answered in the coroutine itself, awaiting the transport directly, without
+entering SQLAlchemy's greenlet. Anything that might need the greenlet (a bad entry to
+delete, eager relationships to load, a lease to wait for, pending invalidations to
+deliver) goes the usual way.
 """
 
 from __future__ import annotations
@@ -20,26 +26,37 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper, Session
 
-from sqlmodel_cache import _state
+from sqlmodel_cache import _keys, _state
 from sqlmodel_cache._codec import Unsupported
 from sqlmodel_cache._compat import autobegin, is_clean
 from sqlmodel_cache._models import ModelPlan
-from sqlmodel_cache._reads import PREFETCHED, answer_hit, fetch, session_bypass
+from sqlmodel_cache._reads import (
+    PREFETCHED,
+    answer_hit,
+    drop_bad_entry,
+    fetch,
+    session_bypass,
+    transport_failed,
+)
 from sqlmodel_cache._state import Runtime
 
 _sqlalchemy_get = Session.get
+_sqlalchemy_aget = AsyncSession.get
 
 
 def install() -> None:
-    """Wrap ``Session.get`` (idempotent)."""
+    """Wrap ``Session.get`` and ``AsyncSession.get`` (idempotent)."""
     Session.get = get  # type: ignore[assignment]
+    AsyncSession.get = aget  # type: ignore[assignment]
 
 
 def uninstall() -> None:
-    """Restore SQLAlchemy's ``Session.get`` (idempotent)."""
+    """Restore SQLAlchemy's methods (idempotent)."""
     Session.get = _sqlalchemy_get  # type: ignore[method-assign]
+    AsyncSession.get = _sqlalchemy_aget  # type: ignore[method-assign]
 
 
 def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:
@@ -58,13 +75,52 @@ def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:
         instance = answer_hit(runtime, session, plan, key, found[0].entry)
         if instance is not None:
             return instance
-        # A bad entry was removed: read the usual way, which fetches again and refills.
-        return _sqlalchemy_get(session, entity, ident)
+        drop_bad_entry(runtime, plan.label, key)
+        return _sqlalchemy_get(session, entity, ident)  # fetches again, and refills
     return _sqlalchemy_get(session, entity, ident, execution_options={PREFETCHED: (key, found)})
 
 
+async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -> Any:
+    """``AsyncSession.get`` with a hit on an async transport answered without the greenlet."""
+    runtime = _state.runtime
+    if (
+        runtime is None
+        or any(options.values())
+        or not (runtime.driver.is_async and runtime.driver.is_atomic)
+        or runtime.pending
+    ):
+        return await _sqlalchemy_aget(session, entity, ident, **options)
+    sync_session = session.sync_session
+    eligible = _eligible(runtime, sync_session, entity, ident, awaiting=True)
+    if eligible is None or eligible[0].eager_relationships or not runtime.breaker.allow():
+        return await _sqlalchemy_aget(session, entity, ident)
+    plan, key = eligible
+    autobegin(sync_session)
+    lease = _keys.new_lease()
+    try:
+        fetched = await runtime.driver.transport.fetch(
+            key, (plan.row_tag_key,), plan.codec.schema, _keys.new_tag(), lease,
+            runtime.lease_ttl_ms,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
+        transport_failed(runtime, plan.label, "cache read failed, using the database: %r", exc)
+        return await _sqlalchemy_aget(
+            session, entity, ident, execution_options={PREFETCHED: (key, None)}
+        )
+    runtime.breaker.record_success()
+    if fetched.entry is not None:
+        instance = answer_hit(runtime, sync_session, plan, key, fetched.entry)
+        if instance is not None:
+            return instance
+    elif fetched.leased:
+        prefetched = {PREFETCHED: (key, (fetched, lease))}
+        return await _sqlalchemy_aget(session, entity, ident, execution_options=prefetched)
+    # A bad entry (deleted by the event path), or another reader's lease (waited for there).
+    return await _sqlalchemy_aget(session, entity, ident)
+
+
 def _eligible(
-    runtime: Runtime, session: Session, entity: Any, ident: Any
+    runtime: Runtime, session: Session, entity: Any, ident: Any, awaiting: bool = False
 ) -> tuple[ModelPlan, str] | None:
     """The plan and row key when the fast path may answer; ``None`` sends the call the
     usual way (which then counts why it bypassed the cache, if it does)."""
@@ -91,7 +147,7 @@ def _eligible(
     if not is_clean(session) or getattr(session, "execution_options", None):
         return None  # an autoflush would run first; session-wide options apply
     bind = session.get_bind(plan.mapper)
-    if session_bypass(runtime, session, (plan.table_name,), bind) is not None:
+    if session_bypass(runtime, session, (plan.table_name,), bind, awaiting) is not None:
         return None
     return plan, key
 

@@ -105,10 +105,15 @@ def read_bypass(
 
 
 def session_bypass(
-    runtime: Runtime, session: Session, tables: Sequence[str], bind: Engine | Connection
+    runtime: Runtime,
+    session: Session,
+    tables: Sequence[str],
+    bind: Engine | Connection,
+    awaiting: bool = False,
 ) -> str | None:
     """Why a read of ``tables`` in ``session`` on ``bind`` must go to the database, whatever
-    the call's options; ``None`` when it may use the cache."""
+    the call's options; ``None`` when it may use the cache. ``awaiting``: the caller is a
+    coroutine that awaits the (async) transport itself, outside SQLAlchemy's greenlet."""
     if bind.get_execution_options().get("schema_translate_map"):
         return "schema_translate_map"
     if own_writes_block(session, tables):
@@ -118,7 +123,7 @@ def session_bypass(
         deliver(runtime, set(), set(), set())
     if pending.blocks(tables):
         return "pending_invalidation"
-    if not runtime.driver.usable_here():
+    if not awaiting and not runtime.driver.usable_here():
         runtime.stats.warn(
             "async_in_sync",
             "a sync Session cannot use the async transport %s: reads bypass the cache",
@@ -167,6 +172,7 @@ def serve_get(
         instance = answer_hit(runtime, state.session, plan, key, fetched.entry)
         if instance is not None:
             return rows_result([model], [()], [id], [(instance,)])
+        drop_bad_entry(runtime, model, key)
 
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()
@@ -186,19 +192,22 @@ def serve_get(
 def answer_hit(
     runtime: Runtime, session: Session, plan: ModelPlan, key: str, entry: bytes
 ) -> object | None:
-    """The session's instance for a valid ``entry``; ``None`` (counted, logged, entry
-    removed) when the entry is corrupt, foreign or for another key."""
+    """The session's instance for a valid ``entry`` (counted as a hit); ``None`` when the
+    entry is corrupt, foreign or for another key (see :func:`drop_bad_entry`)."""
     values = _decode_hit(runtime, plan, key, entry)
-    stats = runtime.stats
     if values is None:
-        stats.add(plan.label, "errors")
-        stats.warn("bad_entry", "undecodable cache entry for %s removed", plan.label)
-        forget(runtime, key)
         return None
     instance = instance_for(session, plan, values)
-    stats.add(plan.label, "hits")
-    stats.add(plan.label, "bytes_read", len(entry))
+    runtime.stats.add(plan.label, "hits")
+    runtime.stats.add(plan.label, "bytes_read", len(entry))
     return instance
+
+
+def drop_bad_entry(runtime: Runtime, label: str, key: str) -> None:
+    """Count, log and delete an entry that failed to decode."""
+    runtime.stats.add(label, "errors")
+    runtime.stats.warn("bad_entry", "undecodable cache entry for %s removed", label)
+    forget(runtime, key)
 
 
 def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> dict[str, Any] | None:

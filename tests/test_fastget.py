@@ -3,21 +3,22 @@ that both behave alike (the whole get suite also runs through it, in every env).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import event, inspect
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import Session
 
 from sqlmodel_cache import SQLModelCache
+from sqlmodel_cache._fastget import aget as fast_aget
 from sqlmodel_cache._fastget import get as fast_get
 from sqlmodel_cache.transport import MemoryTransport
-from tests.conftest import Env
+from tests.conftest import Env, _make_env
 from tests.models import Hero
 from tests.test_failures import Flaky
-
-ORIGINAL_GET = Session.get
 
 
 def _seed(env: Env) -> None:
@@ -158,3 +159,101 @@ def test_unusual_identities_are_handed_to_sqlalchemy(mem_env: Env) -> None:
     with pytest.raises(Exception, match="Incorrect number of values"):
         mem_env.run(lambda s: s.get(Hero, (1, 2)))
     assert mem_env.run(lambda s: s.get(inspect(Hero), 1).name) == "Spider"
+
+
+class AsyncCounting:
+    """An async transport over a MemoryTransport that counts calls and can fail."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryTransport()
+        self.calls = 0
+        self.failing = False
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.failing:
+            raise ConnectionError("injected: cache unreachable")
+
+    async def get(self, key: str) -> bytes | None:
+        self._check()
+        return self.inner.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        self._check()
+        self.inner.set(key, value, ttl)
+
+    async def delete(self, *keys: str) -> None:
+        self._check()
+        self.inner.delete(*keys)
+
+    async def fetch(self, *args: Any) -> Any:
+        self._check()
+        return self.inner.fetch(*args)
+
+    async def fill(self, *args: Any) -> bool:
+        self._check()
+        return self.inner.fill(*args)
+
+    async def invalidate(self, *args: Any) -> None:
+        self._check()
+        self.inner.invalidate(*args)
+
+
+@pytest.fixture
+def async_env(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Env]:
+    """Async sessions on SQLite over a counting async transport."""
+    for env in _make_env(request, tmp_path, "async", "memory", "sqlite"):
+        env.transport = AsyncCounting()
+        SQLModelCache.configure(env.transport, key_prefix=env.prefix)
+        yield env
+
+
+def _async_get(env: Env, pk: int = 1) -> str | None:
+    async def body() -> str | None:
+        assert env.async_engine is not None
+        async with AsyncSession(env.async_engine) as session:
+            hero = await session.get(Hero, pk)
+            return None if hero is None else hero.name
+
+    assert env.loop is not None
+    return env.loop.run_until_complete(body())
+
+
+def test_async_get_is_wrapped_while_configured() -> None:
+    SQLModelCache.configure(MemoryTransport())
+    assert AsyncSession.get is fast_aget
+    SQLModelCache.reset()
+    assert AsyncSession.get is not fast_aget
+
+
+def test_async_hit_miss_and_failure_cost_one_call_each_way(async_env: Env) -> None:
+    _seed(async_env)
+    transport = async_env.transport
+    transport.calls = 0
+    assert _async_get(async_env) == "Spider"  # miss: fetch + fill, one SELECT
+    assert (transport.calls, len(async_env.selects())) == (2, 1)
+    transport.calls = 0
+    async_env.reset_sql()
+    assert _async_get(async_env) == "Spider"  # hit: one fetch, no SQL
+    assert (transport.calls, async_env.statements) == (1, [])
+    transport.failing = True
+    transport.calls = 0
+    assert _async_get(async_env) == "Spider"  # failure: one call, then the database
+    assert (transport.calls, len(async_env.selects())) == (1, 1)
+    hero = SQLModelCache.stats()["Hero"]
+    assert (hero["misses"], hero["fills"], hero["hits"], hero["errors"]) == (1, 1, 1, 1)
+
+
+def test_async_bad_entry_is_replaced_through_the_event_path(async_env: Env) -> None:
+    _seed(async_env)
+    _async_get(async_env)
+    [row_key] = [k for k in async_env.transport.inner.keys() if ":r:" in k]  # noqa: SIM118
+    entry = async_env.transport.inner.get(row_key)
+    async_env.transport.inner.set(row_key, entry[:-2] + b"!!", 300)
+    async_env.reset_sql()
+    assert _async_get(async_env) == "Spider"
+    assert len(async_env.selects()) == 1
+    async_env.reset_sql()
+    assert _async_get(async_env) == "Spider"  # refilled: a hit again
+    assert async_env.statements == []
+    assert SQLModelCache.stats()["Hero"]["errors"] == 1
