@@ -105,7 +105,8 @@ def attach_loaded(
 ) -> object:
     """A persistent instance of ``mapper`` holding ``values``, put into the session's identity
     map as SQLAlchemy's loader puts a freshly loaded row (``loading._instance``): no
-    validation, no copy, no attach events; all attributes committed."""
+    validation, no copy, no attach events. A new state starts unmodified with nothing
+    expired or pending, which is what the loader's ``_commit_all`` would leave."""
     instance = mapper.class_manager.new_instance()
     state: InstanceState[Any] = instance_state(instance)
     state.dict.update(values)
@@ -113,7 +114,6 @@ def attach_loaded(
     state.identity_token = identity_key[2]
     state.session_id = session.hash_key
     session.identity_map._add_unpresent(state, identity_key)
-    state._commit_all(state.dict, session.identity_map)
     return instance
 
 

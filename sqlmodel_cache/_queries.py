@@ -318,7 +318,7 @@ def _decode(
                 if value is None:
                     values.append(None)
                 elif isinstance(cell, EntityCell):
-                    values.append(_Pending(cell.plan, cell.plan.codec.decode_values(value)))
+                    values.append(cell.plan.codec.decode_values(value))  # attributes, for now
                 else:
                     values.append(value if cell.decoder is None else cell.decoder(value))
             decoded.append(values)
@@ -326,18 +326,11 @@ def _decode(
         return None
     # Only a fully valid entry touches the session: objects join it after every row decoded.
     session = state.session
-    return [
-        tuple(
-            instance_for(session, v.plan, v.attributes) if isinstance(v, _Pending) else v
-            for v in values
-        )
-        for values in decoded
+    entities = [
+        (index, cell.plan) for index, cell in enumerate(shape.cells) if isinstance(cell, EntityCell)
     ]
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A decoded entity row, not yet turned into a session object."""
-
-    plan: ModelPlan
-    attributes: dict[str, Any]
+    for values in decoded:
+        for index, plan in entities:
+            if values[index] is not None:
+                values[index] = instance_for(session, plan, values[index])
+    return [tuple(values) for values in decoded]
