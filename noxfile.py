@@ -57,8 +57,11 @@ def tests(session: nox.Session, sqlalchemy: str) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: tables on stdout, JSON in benchmarks/results/ (arguments after
-    ``--`` go to benchmarks/run.py, e.g. ``--only pg.sync`` or ``--profile NAME``)."""
+    """The full benchmark suite, about 3 minutes (see benchmarks/README.md).
+
+    Arguments after ``--`` go to benchmarks/run.py, e.g. ``--only pg.sync`` or
+    ``--profile sqlite.sync.get_hit.redis``.
+    """
     session.install(*BENCH, "pyinstrument>=4")
     session.run("python", "benchmarks/run.py", *session.posargs)
 

@@ -1,0 +1,533 @@
+"""A benchmark worker: runs scenarios in one virtual environment, driven by ``run.py``.
+
+``python worker.py MODE`` with MODE ``uncached`` (SQLModel alone), ``ours`` (this repository's
+sqlmodel-cache) or ``peer`` (sqlmodel-cache 0.1.1). It speaks one JSON object per line:
+
+* ``{"cmd": "setup", "redis_url": ..., "redis_db": 3, "pg": "127.0.0.1:5432", "pg_db": ...}``
+  -> ``{"versions": {...}}``: connects, creates and fills the tables (servers may be null).
+* ``{"cmd": "run", "scenario": NAME, "n": 100}`` -> ``{"times_ns": [...], "trips": [...],
+  "statements": [...]}``: per operation, its duration, the requests its Redis clients sent
+  (round trips) and the SQL statements its engines ran.
+* ``{"cmd": "memory"}`` -> bytes stored in Redis per cached row, against their JSON.
+* ``{"cmd": "profile", "scenario": NAME, "n": 100, "out": PATH}`` -> a pyinstrument report.
+
+Any failure answers ``{"error": traceback}``. Protocol lines go to the original stdout;
+everything else that writes to stdout is redirected to stderr (a log file of the runner).
+
+Each operation is timed alone with ``perf_counter_ns``; untimed work around it (forgetting
+a cache entry before a miss, loading and changing rows before a commit) is done by the
+same function, outside the two clock readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.metadata
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+import redis.asyncio
+import sqlalchemy
+from scenarios import SCENARIOS, Scenario
+from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+#: Distinct keys (rows, query parameters) each scenario cycles through.
+KEYS = 10
+ROWS = 1000
+#: A cached row is then about 200 bytes, like the value of the raw GET baseline.
+BIO = (
+    "Fights crime by night, writes benchmark suites by day, and never reads stale data. "
+    "Fights crime by night, writes benchmark"
+)
+RAW_VALUE = b"x" * 200
+RAW_KEY = "bench:raw"
+
+
+class Counters:
+    """Requests sent to Redis (one per round trip: a pipeline is one) and SQL statements run."""
+
+    trips = 0
+    statements = 0
+
+
+class CountingConnection(redis.Connection):
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        Counters.trips += 1
+        super().send_packed_command(command, check_health)
+
+
+class AsyncCountingConnection(redis.asyncio.Connection):
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        Counters.trips += 1
+        await super().send_packed_command(command, check_health)
+
+
+class Recorder:
+    """Per-operation duration, round trips and SQL statements of one batch."""
+
+    def __init__(self) -> None:
+        self.times_ns: list[int] = []
+        self.trips: list[int] = []
+        self.statements: list[int] = []
+
+    def start(self) -> None:
+        self._trips, self._statements = Counters.trips, Counters.statements
+        self._t0 = time.perf_counter_ns()
+
+    def stop(self) -> None:
+        elapsed = time.perf_counter_ns() - self._t0
+        self.times_ns.append(elapsed)
+        self.trips.append(Counters.trips - self._trips)
+        self.statements.append(Counters.statements - self._statements)
+
+
+class DictTransport:
+    """The in-memory transport 0.1.1 lacks: its get/set/delete protocol over a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        self.data[key] = value
+
+    def delete(self, *keys: str) -> None:
+        for key in keys:
+            self.data.pop(key, None)
+
+
+class AsyncDictTransport:
+    """Coroutine twin of :class:`DictTransport` (0.1.1 picks its async path by ``get``)."""
+
+    def __init__(self, data: dict[str, bytes]) -> None:
+        self.data = data
+
+    async def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        self.data[key] = value
+
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self.data.pop(key, None)
+
+
+def define_hero(cache_config: object) -> Any:
+    class Hero(SQLModel, table=True):
+        __cache_config__ = cache_config
+        id: int | None = Field(default=None, primary_key=True)
+        name: str = Field(index=True)
+        secret_name: str
+        age: int | None = None
+        power: int = 0
+        bio: str = ""
+
+    return Hero
+
+
+def hero_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": i,
+            "name": f"Hero {i:04d}",
+            "secret_name": f"Secret identity {i:04d}",
+            "age": 20 + i % 50,
+            "power": i,
+            "bio": BIO,
+        }
+        for i in range(1, ROWS + 1)
+    ]
+
+
+class BenchError(Exception):
+    """A scenario did not measure what it claims to (wrong rows, SQL on a hit)."""
+
+
+def check(condition: bool, what: str) -> None:
+    if not condition:
+        raise BenchError(what)
+
+
+class Bench:
+    def __init__(self, mode: str, msg: dict[str, Any]) -> None:
+        self.mode = mode
+        # One event loop for the worker's life (asyncio.Runner is 3.11+; we support 3.10).
+        self.loop = asyncio.new_event_loop()
+        if mode == "uncached":
+            self.lib: Any = None
+            self.Hero = define_hero(None)
+        else:
+            import sqlmodel_cache
+            import sqlmodel_cache.transport
+
+            self.lib = sqlmodel_cache
+            self.Hero = define_hero(sqlmodel_cache.CacheConfig(ttl=600))
+        self.sync_engines: dict[str, Engine] = {}
+        self.async_engines: dict[str, AsyncEngine] = {}
+        self.configured: tuple[str, str] | None = None
+        self.transports: dict[tuple[str, str], Any] = {}
+        self._set_up(msg)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _set_up(self, msg: dict[str, Any]) -> None:
+        self.sync_engines["sqlite"] = create_engine(
+            "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+        self.async_engines["sqlite"] = create_async_engine(
+            "sqlite+aiosqlite://", poolclass=StaticPool
+        )
+        if msg.get("pg"):
+            self._create_database(msg["pg"], msg["pg_db"])
+            url = f"postgres@{msg['pg']}/{msg['pg_db']}"
+            self.sync_engines["pg"] = create_engine(f"postgresql+psycopg://{url}")
+            self.async_engines["pg"] = create_async_engine(f"postgresql+asyncpg://{url}")
+        for engine in (
+            *self.sync_engines.values(),
+            *(e.sync_engine for e in self.async_engines.values()),
+        ):
+            event.listen(engine, "before_cursor_execute", self._count_statement)
+        self._fill(self.sync_engines.values())
+        # PostgreSQL: one database for both engines. In-memory SQLite: one per engine.
+        self.loop.run_until_complete(self._afill(self.async_engines["sqlite"]))
+        if self.mode == "ours":
+            memory = self.lib.transport.MemoryTransport()
+            self.transports[("memory", "sync")] = self.transports[("memory", "async")] = memory
+        elif self.mode == "peer":
+            memory = DictTransport()
+            self.transports[("memory", "sync")] = memory
+            self.transports[("memory", "async")] = AsyncDictTransport(memory.data)
+        if msg.get("redis_url"):
+            options = {"db": msg["redis_db"], "socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+            self.redis = redis.Redis.from_url(
+                msg["redis_url"], connection_class=CountingConnection, **options
+            )
+            self.aredis = redis.asyncio.Redis.from_url(
+                msg["redis_url"], connection_class=AsyncCountingConnection, **options
+            )
+            self.redis.flushdb()
+            self.redis.set(RAW_KEY, RAW_VALUE)
+            if self.lib is not None:
+                transport = self.lib.transport
+                self.transports[("redis", "sync")] = transport.RedisSyncTransport(self.redis)
+                self.transports[("redis", "async")] = transport.RedisAsyncTransport(self.aredis)
+
+    @staticmethod
+    def _create_database(server: str, name: str) -> None:
+        admin = create_engine(
+            f"postgresql+psycopg://postgres@{server}/postgres", isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+
+    def _fill(self, engines: Any) -> None:
+        for engine in engines:
+            SQLModel.metadata.create_all(engine)
+            with engine.begin() as connection:
+                connection.execute(insert(self.Hero), hero_rows())
+
+    async def _afill(self, engine: AsyncEngine) -> None:
+        async with engine.begin() as connection:
+            await connection.run_sync(SQLModel.metadata.create_all)
+            await connection.execute(insert(self.Hero), hero_rows())
+
+    def _count_statement(self, *args: Any) -> None:
+        Counters.statements += 1
+
+    def versions(self) -> dict[str, str]:
+        names = ("sqlalchemy", "sqlmodel", "pydantic", "redis", "psycopg", "asyncpg", "aiosqlite")
+        found = {name: importlib.metadata.version(name) for name in names}
+        found["python"] = sys.version.split()[0]
+        if self.lib is not None:
+            # 0.1.1 says __version__ = "0.1.0"; the distribution knows better, but in the
+            # editable install of this repository the module's own version is the truth.
+            version = getattr(self.lib, "__version__", "?")
+            if self.mode == "peer":
+                version = importlib.metadata.version("sqlmodel-cache")
+            found["sqlmodel-cache"] = f"{version} ({os.path.dirname(self.lib.__file__)})"
+        check(found["sqlalchemy"] == sqlalchemy.__version__, "two SQLAlchemy installs")
+        return found
+
+    # -- the cache as a scenario needs it ------------------------------------------------
+
+    def use(self, scenario: Scenario) -> None:
+        """Configure the library with the scenario's transport (Redis: sync or asyncio)."""
+        if self.lib is None or not scenario.transport:
+            return
+        wanted = (scenario.transport, scenario.api)
+        if self.configured != wanted:
+            self.lib.SQLModelCache.configure(transport=self.transports[wanted], default_ttl=600)
+            self.configured = wanted
+
+    def forget(self, scenario: Scenario, pk: int) -> None:
+        """Untimed, before a miss: drop the entry (ours: the public invalidation API)."""
+        if self.mode == "peer":
+            from sqlmodel_cache.keys import build_key
+
+            self.transports[(scenario.transport, "sync")].delete(build_key(self.Hero, {"id": pk}))
+        elif scenario.base == "get":
+            self.lib.SQLModelCache.invalidate(self.Hero, pk)
+        else:
+            self.lib.SQLModelCache.invalidate_model(self.Hero)
+
+    async def aforget(self, scenario: Scenario, pk: int) -> None:
+        if self.mode == "peer":
+            from sqlmodel_cache.keys import build_key
+
+            transport = self.transports[(scenario.transport, "async")]
+            await transport.delete(build_key(self.Hero, {"id": pk}))
+        elif scenario.base == "get":
+            await self.lib.SQLModelCache.ainvalidate(self.Hero, pk)
+        else:
+            await self.lib.SQLModelCache.ainvalidate_model(self.Hero)
+
+    # -- operations: op_<base>(scenario, i, recorder) and async twins aop_<base> -----------
+
+    def op_get(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        pk = 1 + i % KEYS
+        if sc.state == "miss":
+            self.forget(sc, pk)
+        rec.start()
+        with Session(self.sync_engines[sc.db]) as session:
+            hero = session.get(self.Hero, pk)
+        rec.stop()
+        check(hero is not None and hero.id == pk, "get: wrong row")
+
+    async def aop_get(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        pk = 1 + i % KEYS
+        if sc.state == "miss":
+            await self.aforget(sc, pk)
+        rec.start()
+        async with AsyncSession(self.async_engines[sc.db]) as session:
+            hero = await session.get(self.Hero, pk)
+        rec.stop()
+        check(hero is not None and hero.id == pk, "get: wrong row")
+
+    def op_select1(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        pk = 1 + i % KEYS
+        if sc.state == "miss":
+            self.forget(sc, pk)
+        rec.start()
+        with Session(self.sync_engines[sc.db]) as session:
+            hero = session.exec(select(self.Hero).where(self.Hero.name == f"Hero {pk:04d}")).one()
+        rec.stop()
+        check(hero.id == pk, "select 1 row: wrong row")
+
+    async def aop_select1(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        pk = 1 + i % KEYS
+        if sc.state == "miss":
+            await self.aforget(sc, pk)
+        rec.start()
+        async with AsyncSession(self.async_engines[sc.db]) as session:
+            result = await session.exec(select(self.Hero).where(self.Hero.name == f"Hero {pk:04d}"))
+            hero = result.one()
+        rec.stop()
+        check(hero.id == pk, "select 1 row: wrong row")
+
+    def _page(self, i: int) -> Any:
+        offset = (i % KEYS) * 100
+        return offset, select(self.Hero).where(self.Hero.id > offset).order_by(self.Hero.id)
+
+    def op_select100(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        if sc.state == "miss":
+            self.forget(sc, 0)
+        rec.start()
+        offset, statement = self._page(i)
+        with Session(self.sync_engines[sc.db]) as session:
+            heroes = session.exec(statement.limit(100)).all()
+        rec.stop()
+        check(len(heroes) == 100 and heroes[0].id == offset + 1, "select 100 rows: wrong rows")
+
+    async def aop_select100(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        if sc.state == "miss":
+            await self.aforget(sc, 0)
+        rec.start()
+        offset, statement = self._page(i)
+        async with AsyncSession(self.async_engines[sc.db]) as session:
+            heroes = (await session.exec(statement.limit(100))).all()
+        rec.stop()
+        check(len(heroes) == 100 and heroes[0].id == offset + 1, "select 100 rows: wrong rows")
+
+    def _rows_to_change(self, sc: Scenario, i: int) -> tuple[int, Any]:
+        ids = [1 + i % KEYS] if sc.base == "commit1" else list(range(1, 101))
+        # cache=False: loading is untimed, and 0.1.1 raises on a cached model's select().
+        statement = select(self.Hero).where(col(self.Hero.id).in_(ids))
+        return len(ids), statement.execution_options(cache=False)
+
+    def op_commit1(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        count, statement = self._rows_to_change(sc, i)
+        with Session(self.sync_engines[sc.db]) as session:
+            heroes = session.exec(statement).all()
+            for hero in heroes:
+                hero.power += 1
+            rec.start()
+            session.commit()
+            rec.stop()
+        check(len(heroes) == count, "commit: rows missing")
+
+    async def aop_commit1(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        count, statement = self._rows_to_change(sc, i)
+        async with AsyncSession(self.async_engines[sc.db]) as session:
+            heroes = (await session.exec(statement)).all()
+            for hero in heroes:
+                hero.power += 1
+            rec.start()
+            await session.commit()
+            rec.stop()
+        check(len(heroes) == count, "commit: rows missing")
+
+    op_commit100 = op_commit1
+    aop_commit100 = aop_commit1
+
+    def op_redis_get(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        rec.start()
+        value = self.redis.get(RAW_KEY)
+        rec.stop()
+        check(value == RAW_VALUE, "raw GET: wrong value")
+
+    async def aop_redis_get(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        rec.start()
+        value = await self.aredis.get(RAW_KEY)
+        rec.stop()
+        check(value == RAW_VALUE, "raw GET: wrong value")
+
+    def op_session(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        rec.start()
+        with Session(self.sync_engines["sqlite"]):
+            pass
+        rec.stop()
+
+    async def aop_session(self, sc: Scenario, i: int, rec: Recorder) -> None:
+        rec.start()
+        async with AsyncSession(self.async_engines["sqlite"]):
+            pass
+        rec.stop()
+
+    # -- batches -------------------------------------------------------------------------
+
+    def run(self, scenario: Scenario, n: int) -> Recorder:
+        """``n`` timed operations, after untimed warm-up: every key once for a hit (so each
+        timed operation is a hit), one operation otherwise (lazy set-up of any kind)."""
+        self.use(scenario)
+        warm_up = KEYS if scenario.state == "hit" else 1
+        rec = Recorder()
+        if scenario.api == "sync":
+            op: Callable[[Scenario, int, Recorder], None] = getattr(self, f"op_{scenario.base}")
+            for i in range(warm_up):
+                op(scenario, i, Recorder())
+            gc.collect()
+            for i in range(n):
+                op(scenario, i, rec)
+        else:
+            aop: Callable[[Scenario, int, Recorder], Awaitable[None]] = getattr(
+                self, f"aop_{scenario.base}"
+            )
+
+            async def batch() -> None:
+                for i in range(warm_up):
+                    await aop(scenario, i, Recorder())
+                gc.collect()
+                for i in range(n):
+                    await aop(scenario, i, rec)
+
+            self.loop.run_until_complete(batch())
+        if scenario.state == "hit":
+            check(not any(rec.statements), f"{scenario.name}: a hit ran SQL")
+        elif scenario.state == "miss":
+            check(all(rec.statements), f"{scenario.name}: a miss ran no SQL")
+        return rec
+
+    def memory_usage(self) -> dict[str, Any]:
+        """Cache 100 rows with get() (sync, SQLite, Redis) in an empty database; divide what
+        Redis holds by 100. Tag keys are shared by all rows, so they are amortised."""
+        scenario = SCENARIOS["sqlite.sync.get_miss.redis"]
+        self.use(scenario)
+        self.redis.flushdb()
+        json_bytes = 0
+        columns = [column.name for column in self.Hero.__table__.columns]
+        for pk in range(1, 101):
+            with Session(self.sync_engines["sqlite"]) as session:
+                hero = session.get(self.Hero, pk)
+            values = [getattr(hero, name) for name in columns]
+            json_bytes += len(json.dumps(values, separators=(",", ":")).encode())
+        keys = list(self.redis.scan_iter(count=1000))
+        value_bytes = sum(int(self.redis.strlen(key)) for key in keys)
+        usage = sum(int(self.redis.memory_usage(key, samples=0) or 0) for key in keys)
+        self.redis.set(RAW_KEY, RAW_VALUE)
+        return {
+            "keys": len(keys),
+            "value_bytes_per_row": value_bytes / 100,
+            "memory_usage_per_row": usage / 100,
+            "json_bytes_per_row": json_bytes / 100,
+            "value_ratio": value_bytes / json_bytes,
+            "memory_usage_ratio": usage / json_bytes,
+        }
+
+    def profile(self, scenario: Scenario, n: int, out: str) -> dict[str, Any]:
+        try:
+            from pyinstrument import Profiler
+        except ImportError:
+            raise BenchError("pyinstrument is not installed in this environment") from None
+        self.run(scenario, 1)  # warm-up outside the profile
+        profiler = Profiler(interval=0.0001, async_mode="disabled")
+        profiler.start()
+        self.run(scenario, n)
+        profiler.stop()
+        report = profiler.output_text(unicode=True, color=False)
+        with open(f"{out}.txt", "w") as file:
+            file.write(report)
+        with open(f"{out}.html", "w") as file:
+            file.write(profiler.output_html())
+        return {"report": report, "files": [f"{out}.txt", f"{out}.html"]}
+
+
+def handle(bench: Bench | None, mode: str, msg: dict[str, Any]) -> tuple[Bench | None, Any]:
+    cmd = msg["cmd"]
+    if cmd == "setup":
+        bench = Bench(mode, msg)
+        return bench, {"versions": bench.versions()}
+    if bench is None:
+        raise BenchError("setup first")
+    if cmd == "run":
+        rec = bench.run(SCENARIOS[msg["scenario"]], msg["n"])
+        return bench, {"times_ns": rec.times_ns, "trips": rec.trips, "statements": rec.statements}
+    if cmd == "memory":
+        return bench, bench.memory_usage()
+    if cmd == "profile":
+        return bench, bench.profile(SCENARIOS[msg["scenario"]], msg["n"], msg["out"])
+    raise BenchError(f"unknown command {cmd!r}")
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    # Keep the real stdout for the protocol; anything else printing goes to stderr.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    bench: Bench | None = None
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            bench, reply = handle(bench, mode, msg)
+        except Exception:  # noqa: BLE001 - every failure is reported; the runner decides
+            reply = {"error": traceback.format_exc()}
+        protocol.write(json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__":
+    main()
