@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import registry
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine
 
+from sqlmodel_cache._admin import redact
 from sqlmodel_cache._api import SQLModelCache
 from sqlmodel_cache._config import CacheConfig
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
@@ -119,19 +119,6 @@ class _Read:
     statements: list[tuple[str, Any]]
 
 
-def _redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return url
-
-
 def _connect_redis(url: str) -> Any:
     """A connected ``redis.Redis`` client for ``url``.
 
@@ -151,7 +138,7 @@ def _connect_redis(url: str) -> Any:
         if client is not None:
             client.close()
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise _Unreachable(f"cannot use Redis at {_redact(url)}: {detail}") from None
+        raise _Unreachable(f"cannot use Redis at {redact(url)}: {detail}") from None
     return client
 
 
@@ -391,7 +378,7 @@ def run_demo(
         else:
             client = _connect_redis(redis_url)
             transport = RedisSyncTransport(client)
-            where = f"Redis at {_redact(redis_url)}, key prefix {prefix!r}"
+            where = f"Redis at {redact(redis_url)}, key prefix {prefix!r}"
         SQLModelCache.configure(transport, default_ttl=300, key_prefix=prefix)
         out.write(style.title("sqlmodel-cache demo") + "\n")
         print("  database: SQLite in memory", file=out)
