@@ -13,8 +13,9 @@ Both cache fixtures configure ``SQLModelCache`` before the test and ``reset()`` 
 pass or fail; ``@pytest.mark.sqlmodel_cache(**options)`` passes ``configure()`` options.
 
 NOTE: pytest imports this module in every run of every project that has the package
-installed, so it only defines hooks and fixtures: it configures nothing, and imports
-nothing beyond pytest and the standard library until a fixture is used.
+installed, so it only defines hooks and fixtures: it configures nothing, and imports redis
+only when a fixture needs it. (Importing it imports the ``sqlmodel_cache`` package, and so
+SQLAlchemy and SQLModel, which the test suites of this package's users import anyway.)
 """
 
 from __future__ import annotations
