@@ -144,6 +144,37 @@ def test_expired_lease_lets_the_next_reader_lease(store: SyncView) -> None:
     assert _fetch(store).leased
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["redis-sync", "redis-async"])
+def test_scripts_are_reloaded_after_script_flush(
+    redis_server: servers.RedisServer, kind: str
+) -> None:
+    """A server that lost the scripts (restart, SCRIPT FLUSH) gets them again on first use."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.flushdb()
+    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
+    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(redis_server.url)
+    store = SyncView((RedisSyncTransport if loop is None else RedisAsyncTransport)(client), loop)
+    try:
+        for _ in range(2):
+            admin.script_flush()
+            fetched = _fetch(store, lease=b"Lmine")
+            assert fetched.leased
+            admin.script_flush()
+            assert store.fill("k", TAG_A + SCHEMA + b"[1]", 60, b"Lmine")
+            admin.script_flush()
+            store.invalidate(["k"], ["tag"], TAG_B)
+            assert admin.get("k") is None
+            assert admin.get("tag") == TAG_B
+    finally:
+        if loop is not None:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+        else:
+            client.close()
+        admin.close()
+
+
 def test_builtin_transports_satisfy_the_protocols() -> None:
     """The built-in classes are structural implementations of the public protocols."""
     assert isinstance(MemoryTransport(), AtomicCacheTransport)
