@@ -88,16 +88,21 @@ def after_flush(runtime: Runtime, session: Session, flush_context: UOWTransactio
     tracker = _tracker(session)
     prefix = runtime.settings.key_prefix
     object_tables: set[str] = set()
+    mappers: set[Any] = set()
     for state in flushed_states(flush_context):
         mapper = state.mapper
-        object_tables.update(name for name in map(_table_name, mapper.tables) if name)
+        if mapper not in mappers:
+            mappers.add(mapper)
+            object_tables.update(name for name in map(_table_name, mapper.tables) if name)
         plan = runtime.registry.plan_for(mapper)
         if plan is None:
             continue
-        identities = [state.key[1]] if state.key is not None else []
-        # The identity as of now: a changed primary key, or a new row (whose key could hold
-        # an entry of an earlier row that was deleted behind the ORM's back).
-        identities.append(tuple(state.dict.get(k) for k in plan.pk_attribute_keys))
+        # The identity as of now, and the one loaded if it differs: a changed primary key,
+        # or a new row (whose key could hold an entry of an earlier row deleted behind the
+        # ORM's back).
+        current = tuple(state.dict.get(k) for k in plan.pk_attribute_keys)
+        loaded = state.key[1] if state.key is not None else current
+        identities = [current] if loaded == current else [loaded, current]
         for identity in identities:
             try:
                 tracker.row_keys.add(plan.row_key_for(identity))
