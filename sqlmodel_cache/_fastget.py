@@ -146,7 +146,10 @@ def _eligible(
         return None  # another listener must see the statement (tenant criteria, ...)
     if not is_clean(session) or getattr(session, "execution_options", None):
         return None  # an autoflush would run first; session-wide options apply
-    bind = session.get_bind(plan.mapper)
+    try:
+        bind = session.get_bind(plan.mapper)
+    except Exception:  # noqa: BLE001 - no bind (yet): SQLAlchemy's get raises its own error
+        return None
     if session_bypass(runtime, session, (plan.table_name,), bind, awaiting) is not None:
         return None
     return plan, key

@@ -257,3 +257,9 @@ def test_async_bad_entry_is_replaced_through_the_event_path(async_env: Env) -> N
     assert _async_get(async_env) == "Spider"  # refilled: a hit again
     assert async_env.statements == []
     assert SQLModelCache.stats()["Hero"]["errors"] == 1
+
+
+def test_a_session_without_a_bind_gets_sqlalchemys_error() -> None:
+    SQLModelCache.configure(MemoryTransport())
+    with Session() as session, pytest.raises(Exception, match="bind"):
+        session.get(Hero, 1)
