@@ -10,9 +10,10 @@ the statement). It runs the same checks, the same fetch and builds the same inst
 the event path.
 
 Every other call goes to SQLAlchemy's ``get`` and through the event path unchanged. A miss
-does too, carrying its fetch along (``PREFETCHED``), so it costs no extra round trip and
-the event path, which reads the database and fills the entry under the lease the fetch
-took, stays the one place where fills happen.
+that took the lease reads the database through SQLAlchemy's ``get`` with the event path
+told to stand aside (``HANDLED``), then fills the entry here, with the same checks as the
+event path (``fill_after_miss``); any other miss hands its fetch down (``PREFETCHED``). Either
+way a miss costs no extra round trip.
 
 ``AsyncSession.get`` is wrapped the same way (:func:`aget`) when the transport is async: a
 hit is then answered in the coroutine itself, awaiting the transport directly, without
@@ -34,10 +35,13 @@ from sqlmodel_cache._codec import Unsupported
 from sqlmodel_cache._compat import autobegin, is_clean
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import (
+    HANDLED,
     PREFETCHED,
     answer_hit,
     drop_bad_entry,
     fetch,
+    fill_after_miss,
+    forget,
     session_bypass,
     transport_failed,
 )
@@ -71,13 +75,27 @@ def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:
     plan, key = eligible
     autobegin(session)  # as executing the SELECT would
     found = fetch(runtime, plan.label, "", key, (plan.row_tag_key,), plan.codec.schema)
-    if found is not None and found[0].entry is not None:
-        instance = answer_hit(runtime, session, plan, key, found[0].entry)
+    if found is None or not (found[0].entry is not None or found[0].leased):
+        # No cache, or another reader's lease outlived the wait: the usual way, told what
+        # the fetch saw, reads the database (and counts the miss) without a second call.
+        return _sqlalchemy_get(session, entity, ident, execution_options={PREFETCHED: (key, found)})
+    fetched, lease = found
+    if fetched.entry is not None:
+        instance = answer_hit(runtime, session, plan, key, fetched.entry)
         if instance is not None:
             return instance
         drop_bad_entry(runtime, plan.label, key)
         return _sqlalchemy_get(session, entity, ident)  # fetches again, and refills
-    return _sqlalchemy_get(session, entity, ident, execution_options={PREFETCHED: (key, found)})
+    runtime.stats.add(plan.label, "misses")
+    try:
+        instance = _sqlalchemy_get(session, entity, ident, execution_options={HANDLED: True})
+    except BaseException:
+        forget(runtime, key)  # give the lease back: others may be waiting for it
+        raise
+    rows = [] if instance is None else [[instance]]
+    ttl = plan.config.ttl or runtime.settings.default_ttl
+    fill_after_miss(runtime, session, plan, key, fetched, lease, rows, ttl)
+    return instance
 
 
 async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -> Any:

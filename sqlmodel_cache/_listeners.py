@@ -19,7 +19,7 @@ from sqlmodel_cache import _fastget, _queries, _reads, _state, _writes
 
 def _on_do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
     runtime = _state.runtime
-    if runtime is None or not state.is_select:
+    if runtime is None or not state.is_select or _reads.HANDLED in state.execution_options:
         return None
     matched = _reads.match_get(runtime, state)
     if matched is not None:

@@ -36,6 +36,10 @@ from sqlmodel_cache.transport._protocols import Fetched
 #: lease, or ``None`` when the cache is unavailable) to the event path: ``(key, found)``.
 PREFETCHED = "_sqlmodel_cache_prefetched"
 
+#: Execution option by which ``Session.get()``'s fast path, which fills the entry itself
+#: after a miss, tells the event path to leave its ``SELECT`` alone.
+HANDLED = "_sqlmodel_cache_handled"
+
 #: Polling interval while another reader fills a key: starts here, doubles up to MAX_POLL.
 FIRST_POLL = 0.002
 MAX_POLL = 0.02
@@ -177,16 +181,30 @@ def serve_get(
     stats.add(model, "misses")
     frozen = state.invoke_statement().freeze()
     if fetched.leased:
-        filled = False
-        if own_writes_block(state.session, tables):
-            # NOTE: a flush inside the statement (e.g. a nested autoflush) wrote the table:
-            # the row just read may be uncommitted.
-            stats.add(model, "fill_skipped:own_writes")
-        else:
-            filled = _fill(runtime, plan, key, fetched.tags, lease, result_rows(frozen), ttl)
-        if not filled:
-            forget(runtime, key)  # give the lease back: others may be waiting for it
+        fill_after_miss(runtime, state.session, plan, key, fetched, lease, result_rows(frozen), ttl)
     return frozen()
+
+
+def fill_after_miss(
+    runtime: Runtime,
+    session: Session,
+    plan: ModelPlan,
+    key: str,
+    fetched: Fetched,
+    lease: bytes,
+    rows: list[list[Any]],
+    ttl: int,
+) -> None:
+    """Store the row just read under the lease ``fetched`` took, or give the lease back."""
+    filled = False
+    if own_writes_block(session, (plan.table_name,)):
+        # NOTE: a flush inside the statement (e.g. a nested autoflush) wrote the table:
+        # the row just read may be uncommitted.
+        runtime.stats.add(plan.label, "fill_skipped:own_writes")
+    else:
+        filled = _fill(runtime, plan, key, fetched.tags, lease, rows, ttl)
+    if not filled:
+        forget(runtime, key)  # give the lease back: others may be waiting for it
 
 
 def answer_hit(

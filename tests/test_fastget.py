@@ -263,3 +263,24 @@ def test_a_session_without_a_bind_gets_sqlalchemys_error() -> None:
     SQLModelCache.configure(MemoryTransport())
     with Session() as session, pytest.raises(Exception, match="bind"):
         session.get(Hero, 1)
+
+
+def test_a_failing_database_read_gives_the_lease_back(flaky_env: Env) -> None:
+    """A miss took the lease; the SELECT fails: the error reaches the caller, and the lease
+    is released at once so other readers need not wait for it to expire."""
+    _seed(flaky_env)
+
+    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT hero"):
+            raise RuntimeError("database down")
+
+    event.listen(flaky_env.engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(Exception, match="database down"):
+            flaky_env.run(lambda s: s.get(Hero, 1))
+    finally:
+        event.remove(flaky_env.engine, "before_cursor_execute", fail)
+    assert [k for k in flaky_env.transport.inner.keys() if ":r:" in k] == []  # no lease left  # noqa: SIM118
+    assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"  # then a normal miss
+    assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"
+    assert SQLModelCache.stats()["Hero"]["hits"] == 1
