@@ -17,9 +17,10 @@ way a miss costs no extra round trip.
 
 ``AsyncSession.get`` is wrapped the same way (:func:`aget`) when the transport is async: a
 hit is then answered in the coroutine itself, awaiting the transport directly, without
-entering SQLAlchemy's greenlet. Anything that might need the greenlet (a bad entry to
-delete, eager relationships to load, a lease to wait for, pending invalidations to
-deliver) goes the usual way.
+entering SQLAlchemy's greenlet; a miss reads through ``AsyncSession.get`` and fills in a
+greenlet. Anything else that might need the greenlet (a bad entry to delete, eager
+relationships to load, a lease to wait for, pending invalidations to deliver) goes the
+usual way.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Mapper, Session
 
 from sqlmodel_cache import _keys, _state
 from sqlmodel_cache._codec import Unsupported
-from sqlmodel_cache._compat import autobegin, is_clean
+from sqlmodel_cache._compat import autobegin, greenlet_spawn, is_clean
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import (
     HANDLED,
@@ -131,8 +132,19 @@ async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -
         if instance is not None:
             return instance
     elif fetched.leased:
-        prefetched = {PREFETCHED: (key, (fetched, lease))}
-        return await _sqlalchemy_aget(session, entity, ident, execution_options=prefetched)
+        runtime.stats.add(plan.label, "misses")
+        try:
+            instance = await _sqlalchemy_aget(
+                session, entity, ident, execution_options={HANDLED: True}
+            )
+        except Exception:
+            await greenlet_spawn(forget, runtime, key)  # give the lease back
+            raise
+        rows = [] if instance is None else [[instance]]
+        ttl = plan.config.ttl or runtime.settings.default_ttl
+        fill = fill_after_miss  # sync code awaiting the transport: run it in the greenlet
+        await greenlet_spawn(fill, runtime, sync_session, plan, key, fetched, lease, rows, ttl)
+        return instance
     # A bad entry (deleted by the event path), or another reader's lease (waited for there).
     return await _sqlalchemy_aget(session, entity, ident)
 

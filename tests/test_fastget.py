@@ -284,3 +284,22 @@ def test_a_failing_database_read_gives_the_lease_back(flaky_env: Env) -> None:
     assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"  # then a normal miss
     assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"
     assert SQLModelCache.stats()["Hero"]["hits"] == 1
+
+
+def test_async_failing_database_read_gives_the_lease_back(async_env: Env) -> None:
+    _seed(async_env)
+
+    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT hero"):
+            raise RuntimeError("database down")
+
+    event.listen(async_env.engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(Exception, match="database down"):
+            _async_get(async_env)
+    finally:
+        event.remove(async_env.engine, "before_cursor_execute", fail)
+    assert [k for k in async_env.transport.inner.keys() if ":r:" in k] == []  # noqa: SIM118
+    assert _async_get(async_env) == "Spider"
+    assert _async_get(async_env) == "Spider"
+    assert SQLModelCache.stats()["Hero"]["hits"] == 1
