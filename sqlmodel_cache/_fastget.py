@@ -15,7 +15,7 @@ told to stand aside (``HANDLED``), then fills the entry here, with the same chec
 event path (``fill_after_miss``); any other miss hands its fetch down (``PREFETCHED``). Either
 way a miss costs no extra round trip.
 
-``AsyncSession.get`` is wrapped the same way (:func:`aget`) when the transport is async: a
+``AsyncSession.get`` is wrapped the same way (``aget``) when the transport is async: a
 hit is then answered in the coroutine itself, awaiting the transport directly, without
 entering SQLAlchemy's greenlet; a miss reads through ``AsyncSession.get`` and fills in a
 greenlet. Anything else that might need the greenlet (a bad entry to delete, eager
