@@ -4,6 +4,7 @@ that both behave alike (the whole get suite also runs through it, in every env).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -265,21 +266,27 @@ def test_a_session_without_a_bind_gets_sqlalchemys_error() -> None:
         session.get(Hero, 1)
 
 
-def test_a_failing_database_read_gives_the_lease_back(flaky_env: Env) -> None:
-    """A miss took the lease; the SELECT fails: the error reaches the caller, and the lease
-    is released at once so other readers need not wait for it to expire."""
-    _seed(flaky_env)
+@contextmanager
+def _failing_hero_selects(env: Env) -> Iterator[None]:
+    """While inside, every SELECT of the hero table fails as a dead database would."""
 
     def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.startswith("SELECT hero"):
             raise RuntimeError("database down")
 
-    event.listen(flaky_env.engine, "before_cursor_execute", fail)
+    event.listen(env.engine, "before_cursor_execute", fail)
     try:
-        with pytest.raises(Exception, match="database down"):
-            flaky_env.run(lambda s: s.get(Hero, 1))
+        yield
     finally:
-        event.remove(flaky_env.engine, "before_cursor_execute", fail)
+        event.remove(env.engine, "before_cursor_execute", fail)
+
+
+def test_a_failing_database_read_gives_the_lease_back(flaky_env: Env) -> None:
+    """A miss took the lease; the SELECT fails: the error reaches the caller, and the lease
+    is released at once so other readers need not wait for it to expire."""
+    _seed(flaky_env)
+    with _failing_hero_selects(flaky_env), pytest.raises(Exception, match="database down"):
+        flaky_env.run(lambda s: s.get(Hero, 1))
     assert [k for k in flaky_env.transport.inner.keys() if ":r:" in k] == []  # no lease left  # noqa: SIM118
     assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"  # then a normal miss
     assert flaky_env.run(lambda s: s.get(Hero, 1).name) == "Spider"
@@ -288,17 +295,8 @@ def test_a_failing_database_read_gives_the_lease_back(flaky_env: Env) -> None:
 
 def test_async_failing_database_read_gives_the_lease_back(async_env: Env) -> None:
     _seed(async_env)
-
-    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("SELECT hero"):
-            raise RuntimeError("database down")
-
-    event.listen(async_env.engine, "before_cursor_execute", fail)
-    try:
-        with pytest.raises(Exception, match="database down"):
-            _async_get(async_env)
-    finally:
-        event.remove(async_env.engine, "before_cursor_execute", fail)
+    with _failing_hero_selects(async_env), pytest.raises(Exception, match="database down"):
+        _async_get(async_env)
     assert [k for k in async_env.transport.inner.keys() if ":r:" in k] == []  # noqa: SIM118
     assert _async_get(async_env) == "Spider"
     assert _async_get(async_env) == "Spider"
