@@ -171,7 +171,7 @@ class SQLModelCache:
         * ``fill_skipped:<reason>``, ``fill_rejected`` (a fill lost to an invalidation);
         * ``bytes_read`` (entry bytes served by hits), ``bytes_written`` (by fills);
         * ``lease_waits``, ``lease_wait_timeouts`` (stampede control);
-        * ``invalidations``: commits that invalidated the model's table;
+        * ``invalidations``: commits and manual invalidations of the model's table;
         * ``errors``: failed or undecodable reads;
         * under ``"*"``: ``invalidations`` (keys), ``invalidation_errors``,
           ``circuit_opened``.

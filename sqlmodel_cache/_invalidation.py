@@ -16,6 +16,9 @@ from sqlmodel_cache._codec import Unsupported
 from sqlmodel_cache._errors import ConfigurationError, InvalidationError
 from sqlmodel_cache._state import Runtime
 
+#: What one manual invalidation does: (row keys to delete, tag keys to move, tables named).
+Request = tuple[list[str], list[str], list[str]]
+
 
 def _tags(prefix: str, table_names: Iterable[str], *, all_rows: bool) -> set[str]:
     tags = set()
@@ -34,7 +37,7 @@ def _tables_of(model: type) -> list[str]:
     return [table.fullname for table in mapper.tables]
 
 
-def rows(runtime: Runtime, model: type, pks: Iterable[Any]) -> tuple[list[str], list[str]]:
+def rows(runtime: Runtime, model: type, pks: Iterable[Any]) -> Request:
     """Keys for some rows of ``model``: their entries, and the tags of queries over them."""
     tables = _tables_of(model)
     plan = runtime.registry.plan_for(inspect(model))
@@ -48,25 +51,27 @@ def rows(runtime: Runtime, model: type, pks: Iterable[Any]) -> tuple[list[str], 
                 row_keys.append(plan.row_key_for(identity))
         except Unsupported:
             all_rows = True  # an unusual spelling of a key: retire every row, to be sure
-    return row_keys, sorted(_tags(prefix, tables, all_rows=all_rows))
+    return row_keys, sorted(_tags(prefix, tables, all_rows=all_rows)), tables
 
 
-def model(runtime: Runtime, model: type) -> tuple[list[str], list[str]]:
+def model(runtime: Runtime, model: type) -> Request:
     """Keys retiring every cached row of ``model`` and every query over its tables."""
-    return [], sorted(_tags(runtime.settings.key_prefix, _tables_of(model), all_rows=True))
+    tables = _tables_of(model)
+    return [], sorted(_tags(runtime.settings.key_prefix, tables, all_rows=True)), tables
 
 
-def tables(runtime: Runtime, names: Iterable[str]) -> tuple[list[str], list[str]]:
+def tables(runtime: Runtime, names: Iterable[str]) -> Request:
     """Keys retiring every cached row and query of the named tables (schema-qualified
     names as SQLAlchemy spells them, e.g. ``"hero"`` or ``"reporting.daily"``)."""
     names = list(names)
     if not all(isinstance(name, str) and name for name in names):
         raise ConfigurationError(f"table names must be non-empty strings, got {names!r}")
-    return [], sorted(_tags(runtime.settings.key_prefix, names, all_rows=True))
+    return [], sorted(_tags(runtime.settings.key_prefix, names, all_rows=True)), names
 
 
-def apply(runtime: Runtime, row_keys: list[str], tag_keys: list[str]) -> None:
-    """Delete ``row_keys`` and move ``tag_keys`` in one transport call, or raise."""
+def apply(runtime: Runtime, row_keys: list[str], tag_keys: list[str], tables: list[str]) -> None:
+    """Delete ``row_keys`` and move ``tag_keys`` in one transport call, or raise; counted
+    per model of ``tables``, like a commit."""
     if not runtime.driver.usable_here():
         raise InvalidationError(
             "the configured transport is async: use the a-prefixed method "
@@ -78,3 +83,5 @@ def apply(runtime: Runtime, row_keys: list[str], tag_keys: list[str]) -> None:
         runtime.stats.add("*", "invalidation_errors")
         raise InvalidationError(f"cache invalidation failed: {exc!r}") from exc
     runtime.stats.add("*", "invalidations", len(row_keys) + len(tag_keys))
+    for table in tables:
+        runtime.stats.add(runtime.registry.label_of(table), "invalidations")

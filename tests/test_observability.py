@@ -201,3 +201,14 @@ def test_logs_never_carry_field_values(env: Env, caplog: pytest.LogCaptureFixtur
     for record in ours:
         assert SECRET not in record.getMessage()
         assert SECRET not in repr(record.args)
+
+
+def test_manual_invalidations_are_counted_per_model(mem_env: Env) -> None:
+    _seed(mem_env)
+    before = SQLModelCache.stats()
+    SQLModelCache.invalidate(Hero, 1)
+    SQLModelCache.invalidate_model(Hero)
+    SQLModelCache.invalidate_tables("team", "hero")
+    after = SQLModelCache.stats()
+    assert after["Hero"]["invalidations"] - before["Hero"]["invalidations"] == 3
+    assert after["Team"]["invalidations"] - before["Team"]["invalidations"] == 1

@@ -16,7 +16,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "fills": ("Entries stored after a miss", "1"),
     "bypasses": ("Reads that skipped the cache, by reason", "1"),
     "bytes": ("Entry bytes read by hits and written by fills", "By"),
-    "invalidations": ("Commits that invalidated a model's table", "1"),
+    "invalidations": ("Commits and manual invalidations of a model's table", "1"),
     "invalidated_keys": ("Keys deleted or re-tagged by invalidations", "1"),
     "errors": ("Failed cache operations (the application never sees them)", "1"),
     "events": ("Other cache events: leases, rejected or skipped fills, breaker", "1"),
