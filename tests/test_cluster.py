@@ -147,3 +147,28 @@ def test_from_url_builds_a_cluster_client(redis_cluster: servers.RedisCluster) -
         assert transport.get("x:{t}:probe") == b"v"
     finally:
         transport.client.close()
+
+
+def test_scripts_are_reloaded_on_every_node_after_script_flush(
+    cluster_env: Env, redis_cluster: servers.RedisCluster
+) -> None:
+    """Nodes that lost the scripts (restart, failover to a fresh replica) get them again."""
+    env = cluster_env
+    _seed(env)
+    env.run(_team_roster)
+    for node in redis_cluster.nodes:
+        client = redis.Redis.from_url(node.url)
+        client.script_flush()
+        client.close()
+
+    def read(session: Session) -> str:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        return hero.name
+
+    assert env.run(read) == "Spider"  # miss: fetch and fill reload the scripts
+    env.reset_sql()
+    assert env.run(read) == "Spider"
+    assert env.run(_team_roster) == [("Spider", "Avengers"), ("Daredevil", "Defenders")]
+    assert env.selects() == []
+    assert _failures() == {}
