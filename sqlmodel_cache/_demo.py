@@ -20,7 +20,7 @@ from sqlalchemy.orm import registry
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine
 
-from sqlmodel_cache._admin import redact
+from sqlmodel_cache._admin import prefix_pattern, redact, unlink_matching
 from sqlmodel_cache._api import SQLModelCache
 from sqlmodel_cache._config import CacheConfig
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
@@ -140,20 +140,6 @@ def _connect_redis(url: str) -> Any:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise _Unreachable(f"cannot use Redis at {redact(url)}: {detail}") from None
     return client
-
-
-def _delete_keys(client: Any, prefix: str) -> int:
-    """Delete every key under ``prefix`` (unique to this run) and return how many."""
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=500):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += int(client.delete(*batch))
-            batch = []
-    if batch:
-        deleted += int(client.delete(*batch))
-    return deleted
 
 
 def _counters(model: str) -> dict[str, int]:
@@ -405,7 +391,7 @@ def _cleanup(client: Any, prefix: str, out: TextIO, err: TextIO, style: _Style) 
     import redis
 
     try:
-        deleted = _delete_keys(client, prefix)
+        deleted = unlink_matching(client, prefix_pattern(prefix))
     except redis.RedisError as exc:
         print(style.error(f"warning: could not delete the demo's keys {prefix}:*: {exc}"), file=err)
     else:

@@ -38,6 +38,7 @@ from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import (
     HANDLED,
     PREFETCHED,
+    READ_FAILED,
     answer_hit,
     drop_bad_entry,
     fetch,
@@ -47,6 +48,7 @@ from sqlmodel_cache._reads import (
     transport_failed,
 )
 from sqlmodel_cache._state import Runtime
+from sqlmodel_cache.transport._protocols import Fetched
 
 _sqlalchemy_get = Session.get
 _sqlalchemy_aget = AsyncSession.get
@@ -93,9 +95,7 @@ def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:
     except BaseException:
         forget(runtime, key)  # give the lease back: others may be waiting for it
         raise
-    rows = [] if instance is None else [[instance]]
-    ttl = plan.config.ttl or runtime.settings.default_ttl
-    fill_after_miss(runtime, session, plan, key, fetched, lease, rows, ttl)
+    _fill_with(runtime, session, plan, key, fetched, lease, instance)
     return instance
 
 
@@ -122,7 +122,7 @@ async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -
             runtime.lease_ttl_ms,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
-        transport_failed(runtime, plan.label, "cache read failed, using the database: %r", exc)
+        transport_failed(runtime, plan.label, READ_FAILED, exc)
         return await _sqlalchemy_aget(
             session, entity, ident, execution_options={PREFETCHED: (key, None)}
         )
@@ -140,13 +140,27 @@ async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -
         except Exception:
             await greenlet_spawn(forget, runtime, key)  # give the lease back
             raise
-        rows = [] if instance is None else [[instance]]
-        ttl = plan.config.ttl or runtime.settings.default_ttl
-        fill = fill_after_miss  # sync code awaiting the transport: run it in the greenlet
-        await greenlet_spawn(fill, runtime, sync_session, plan, key, fetched, lease, rows, ttl)
+        # The fill awaits the transport from sync code: it runs in SQLAlchemy's greenlet.
+        await greenlet_spawn(_fill_with, runtime, sync_session, plan, key, fetched, lease, instance)
         return instance
     # A bad entry (deleted by the event path), or another reader's lease (waited for there).
     return await _sqlalchemy_aget(session, entity, ident)
+
+
+def _fill_with(
+    runtime: Runtime,
+    session: Session,
+    plan: ModelPlan,
+    key: str,
+    fetched: Fetched,
+    lease: bytes,
+    instance: object | None,
+) -> None:
+    """After a miss that took the lease: store the instance SQLAlchemy loaded (``None``: no
+    such row, nothing stored) under the model's TTL, or give the lease back."""
+    rows = [] if instance is None else [[instance]]
+    ttl = plan.config.ttl or runtime.settings.default_ttl
+    fill_after_miss(runtime, session, plan, key, fetched, lease, rows, ttl)
 
 
 def _eligible(

@@ -40,6 +40,9 @@ PREFETCHED = "_sqlmodel_cache_prefetched"
 #: after a miss, tells the event path to leave its ``SELECT`` alone.
 HANDLED = "_sqlmodel_cache_handled"
 
+#: What a failed cache read logs (the read then uses the database).
+READ_FAILED = "cache read failed, using the database: %r"
+
 #: Polling interval while another reader fills a key: starts here, doubles up to MAX_POLL.
 FIRST_POLL = 0.002
 MAX_POLL = 0.02
@@ -296,7 +299,7 @@ def fetch(
                 key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
             )
         except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
-            transport_failed(runtime, label, "cache read failed, using the database: %r", exc)
+            transport_failed(runtime, label, READ_FAILED, exc)
             return None
         runtime.breaker.record_success()
         if fetched.entry is not None or fetched.leased:

@@ -19,6 +19,19 @@ def _section(out: str, start: str, end: str) -> str:
     return out[out.index(start) : out.index(end)]
 
 
+class Forgetful:
+    """A basic transport that never returns what it stored: every promised hit sends SQL."""
+
+    def get(self, key: str) -> bytes | None:
+        return None
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        pass
+
+    def delete(self, *keys: str) -> None:
+        pass
+
+
 def test_demo_shows_miss_hit_invalidation_and_new_value(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -80,17 +93,6 @@ def test_demo_fails_when_a_hit_issues_sql(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cache that never returns what it stored turns the promised hit into SQL: exit 1."""
-
-    class Forgetful:
-        def get(self, key: str) -> bytes | None:
-            return None
-
-        def set(self, key: str, value: bytes, ttl: int) -> None:
-            pass
-
-        def delete(self, *keys: str) -> None:
-            pass
-
     monkeypatch.setattr(_demo, "MemoryTransport", Forgetful)
     assert main(["demo", "--reads", "5", "--no-color"]) == 1
     captured = capsys.readouterr()

@@ -29,6 +29,7 @@ from sqlmodel_cache.cli import main
 from sqlmodel_cache.transport import RedisSyncTransport
 from tests import servers
 from tests.models import METADATAS, Hero, Team
+from tests.test_cli import Forgetful
 
 SECRETS = ("Dive Wilson", "Tommy Sharp")
 
@@ -562,16 +563,6 @@ def test_bench_drops_its_table_when_it_fails(
     """A failure half-way (here: a cache that forgets, so a hit sends SQL) is a one-line
     error, and the scratch table is dropped anyway."""
     from sqlmodel_cache import _bench
-
-    class Forgetful:
-        def get(self, key: str) -> bytes | None:
-            return None
-
-        def set(self, key: str, value: bytes, ttl: int) -> None:
-            pass
-
-        def delete(self, *keys: str) -> None:
-            pass
 
     monkeypatch.setattr(_bench, "MemoryTransport", Forgetful)
     url = postgres_server.sync_url
