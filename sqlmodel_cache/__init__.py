@@ -19,6 +19,7 @@ from sqlmodel_cache._errors import (
     InvalidationError,
     MissingDependencyError,
 )
+from sqlmodel_cache._near import NearCache
 
 __version__ = "0.2.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidationError",
     "MissingDependencyError",
+    "NearCache",
     "SQLModelCache",
     "__version__",
 ]

@@ -13,7 +13,9 @@ from sqlmodel_cache._config import CacheSettings, check_ttl
 from sqlmodel_cache._driver import Driver
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache._models import ModelRegistry
+from sqlmodel_cache._near import NearCache, NearStore, check_client
 from sqlmodel_cache._state import Runtime
+from sqlmodel_cache._stats import Stats
 
 
 def _check_prefix(key_prefix: object) -> str:
@@ -43,6 +45,7 @@ class SQLModelCache:
         breaker_threshold: int = 5,
         breaker_reset: float = 5.0,
         raise_on_invalidation_error: bool = False,
+        near_cache: NearCache | None = None,
     ) -> None:
         """Turn caching on for every SQLAlchemy/SQLModel session in the process.
 
@@ -71,6 +74,9 @@ class SQLModelCache:
                 ``InvalidationError`` (after the database commit succeeded) when the cache
                 could not be invalidated; by default it is logged at ERROR, counted, and
                 retried.
+            near_cache: ``NearCache(...)`` keeps hot entries in this process too, in front
+                of a Redis transport, invalidated by the Redis server (see the near cache
+                guide); ``None`` (the default) has none.
 
         Raises:
             ConfigurationError: a value is invalid; the message says which and why.
@@ -113,7 +119,12 @@ class SQLModelCache:
             not isinstance(signing_key, bytes) or len(signing_key) < 16
         ):
             raise ConfigurationError("signing_key must be bytes of at least 16 bytes")
+        if near_cache is not None and not isinstance(near_cache, NearCache):
+            raise ConfigurationError(
+                f"near_cache must be a NearCache(...) or None, got {near_cache!r}"
+            )
         driver = Driver(transport)
+        client = None if near_cache is None else check_client(transport)
         settings = CacheSettings(
             transport=transport,
             default_ttl=default_ttl,
@@ -124,14 +135,20 @@ class SQLModelCache:
             lease_wait=float(lease_wait),
             signing_key=signing_key,
             raise_on_invalidation_error=raise_on_invalidation_error,
+            near_cache=near_cache,
         )
         _listeners.uninstall()
+        _close(_state.runtime)
+        stats = Stats()
+        if near_cache is not None and enabled:
+            driver.near = NearStore(near_cache, client, key_prefix, stats)
         _state.runtime = Runtime(
             settings=settings,
             driver=driver,
             registry=ModelRegistry(key_prefix, default_ttl),
             framing=Framing(signing_key),
             breaker=CircuitBreaker(breaker_threshold, float(breaker_reset)),
+            stats=stats,
         )
         if enabled:
             _listeners.install()
@@ -155,6 +172,7 @@ class SQLModelCache:
         """Remove every listener, subscriber and all state; for test teardown. Safe to call
         anytime."""
         _listeners.uninstall()
+        _close(_state.runtime)
         _state.runtime = None
         _stats.subscribers = ()
 
@@ -250,6 +268,12 @@ class SQLModelCache:
     async def ainvalidate_tables(cls, *table_names: str) -> None:
         """Async twin of ``invalidate_tables()``."""
         await greenlet_spawn(cls.invalidate_tables, *table_names)
+
+
+def _close(runtime: Runtime | None) -> None:
+    """Stop what a runtime being replaced runs in the background (the near cache)."""
+    if runtime is not None and runtime.driver.near is not None:
+        runtime.driver.near.close()
 
 
 def _runtime() -> Runtime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlmodel_cache._errors import ConfigurationError
+from sqlmodel_cache._near import NearCache
 
 
 def check_ttl(value: object, what: str) -> int:
@@ -76,6 +77,7 @@ class CacheSettings:
             ``repr()``).
         raise_on_invalidation_error: whether ``commit()`` raises ``InvalidationError``
             when its invalidation fails.
+        near_cache: the near cache's settings, or None when there is none.
     """
 
     transport: object
@@ -87,3 +89,4 @@ class CacheSettings:
     lease_wait: float = 0.1
     signing_key: bytes | None = field(default=None, repr=False)
     raise_on_invalidation_error: bool = False
+    near_cache: NearCache | None = None

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel_cache._compat import await_only, in_async_session_context
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache.transport._protocols import Fetched
+
+if TYPE_CHECKING:
+    from sqlmodel_cache._near import NearStore
 
 #: How long emulated tags live on a transport without native tag support (30 days).
 EMULATED_TAG_TTL = 30 * 24 * 3600
@@ -104,6 +107,9 @@ class Driver:
         self.is_atomic = all(callable(getattr(transport, name, None)) for name in _ATOMIC)
         ops: Any = _AwaitingFacade(transport) if self.is_async else transport
         self._ops: Any = ops if self.is_atomic else _EmulatedAtomic(ops)
+        #: The near cache in front of the transport, if configured (reads consult it in
+        #: ``_reads.fetch``; every write here goes through it).
+        self.near: NearStore | None = None
 
     def usable_here(self) -> bool:
         """False for an async transport called from a plain sync ``Session``."""
@@ -127,7 +133,22 @@ class Driver:
     def invalidate(
         self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
     ) -> None:
-        self._ops.invalidate(delete_keys, tag_keys, new_tag)
+        near = self.near
+        if near is None:
+            self._ops.invalidate(delete_keys, tag_keys, new_tag)
+            return
+        # Before: this process stops serving the old entries now. After: a reader of this
+        # process that fetched them from Redis meanwhile does not keep them.
+        keys = (*delete_keys, *tag_keys)
+        near.discard(keys)
+        try:
+            self._ops.invalidate(delete_keys, tag_keys, new_tag)
+        except BaseException:
+            near.flush("an invalidation failed")
+            raise
+        near.discard(keys)
 
     def delete(self, *keys: str) -> None:
+        if self.near is not None:
+            self.near.discard(keys)
         self._ops.delete(*keys)

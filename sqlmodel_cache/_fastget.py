@@ -115,17 +115,30 @@ async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -
         return await _sqlalchemy_aget(session, entity, ident)
     plan, key = eligible
     autobegin(sync_session)
+    tag_keys = (plan.row_tag_key,)
+    near = runtime.driver.near
+    if near is not None:
+        entry = near.lookup(plan.label, "", key, tag_keys, plan.codec.schema)
+        if entry is not None:
+            instance = answer_hit(runtime, sync_session, plan, key, entry)
+            if instance is not None:
+                return instance
+            return await _sqlalchemy_aget(session, entity, ident)  # drops the bad entry
     lease = _keys.new_lease()
+    ticket = None if near is None else near.begin(key, tag_keys)
     try:
         fetched = await runtime.driver.transport.fetch(
-            key, (plan.row_tag_key,), plan.codec.schema, _keys.new_tag(), lease,
-            runtime.lease_ttl_ms,
-        )  # fmt: skip
+            key, tag_keys, plan.codec.schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
+        )
     except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
+        if near is not None:
+            near.end(ticket)
         transport_failed(runtime, plan.label, READ_FAILED, exc)
         return await _sqlalchemy_aget(
             session, entity, ident, execution_options={PREFETCHED: (key, None)}
         )
+    if near is not None:
+        near.remember(ticket, key, tag_keys, fetched.entry)
     runtime.breaker.record_success()
     if fetched.entry is not None:
         instance = answer_hit(runtime, sync_session, plan, key, fetched.entry)

@@ -290,17 +290,27 @@ def fetch(
     if not runtime.breaker.allow():
         runtime.stats.add(label, f"{events}bypass:circuit_open")
         return None
+    near = runtime.driver.near
+    if near is not None:
+        entry = near.lookup(label, events, key, tag_keys, schema)
+        if entry is not None:
+            return Fetched(entry, False, ()), b""
     lease = _keys.new_lease()
     deadline = None
     delay = FIRST_POLL
     while True:
+        ticket = None if near is None else near.begin(key, tag_keys)
         try:
             fetched = runtime.driver.fetch(
                 key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
             )
         except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
+            if near is not None:
+                near.end(ticket)
             transport_failed(runtime, label, READ_FAILED, exc)
             return None
+        if near is not None:
+            near.remember(ticket, key, tag_keys, fetched.entry)
         runtime.breaker.record_success()
         if fetched.entry is not None or fetched.leased:
             return fetched, lease

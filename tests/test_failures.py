@@ -359,6 +359,7 @@ def test_public_api_is_exactly_all() -> None:
         "ConfigurationError",
         "InvalidationError",
         "MissingDependencyError",
+        "NearCache",
         "SQLModelCache",
         "__version__",
     ]

@@ -1,0 +1,274 @@
+"""The near cache (SPEC T4): an in-process copy of Redis entries, invalidated by Redis.
+
+It holds entries exactly as Redis returned them (bytes), together with the tags they were
+checked against, and answers ``fetch`` when the entry and every tag it needs are present:
+the same check the Lua script makes, without the round trip. Bytes rather than decoded
+rows, because a decoded row's values (a JSON column's dict) would be shared by every
+instance built from it, and one session mutating its instance would change the others'.
+
+Consistency rests on three rules:
+
+* **the server invalidates**: a :class:`~sqlmodel_cache.transport._tracking.Tracker`
+  receives every write to a key under the prefix; a reader applies whatever has arrived
+  before it serves, and nothing is served while the tracking connection is down or silent;
+* **no late inserts**: a reader registers a *ticket* for the keys it is about to fetch
+  from Redis; an invalidation of one of them (or a flush) that arrives before the entry is
+  stored here cancels the ticket, so an entry read before a write cannot land after the
+  write's invalidation was applied;
+* **own writes first**: this process's invalidations drop the keys here before and after
+  the Redis call (``discard``), and a failed one flushes everything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel_cache import _keys
+from sqlmodel_cache._errors import ConfigurationError
+from sqlmodel_cache._stats import Stats
+from sqlmodel_cache.transport._tracking import Tracker, connection_factory
+
+#: Bytes a stored entry costs beyond its key and value bytes: the two ``bytes`` objects'
+#: headers, the ordered dict's slot and link (measured with tracemalloc on CPython 3.11).
+ENTRY_OVERHEAD = 170
+
+
+@dataclass(frozen=True)
+class NearCache:
+    """Settings of the near cache: pass one to ``SQLModelCache.configure(near_cache=...)``.
+
+    Only with ``RedisSyncTransport`` / ``RedisAsyncTransport`` on a single Redis or Valkey
+    server (6.0 or later: RESP3 client tracking).
+
+    Args:
+        max_entries: the most entries (rows, query results and the tags they carry) kept;
+            past it the least recently used go.
+        max_bytes: the most bytes kept, counting keys, values and per-entry overhead.
+        heartbeat: seconds between two pings on the tracking connection; a connection
+            silent for three heartbeats is treated as lost (the near cache is flushed and
+            bypassed until it is back).
+    """
+
+    max_entries: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+    heartbeat: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("max_entries", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(
+                    f"NearCache({name}=...) must be a positive int, got {value!r}"
+                )
+        heartbeat = self.heartbeat
+        if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)):
+            raise ConfigurationError(
+                f"NearCache(heartbeat=...) must be a number, got {heartbeat!r}"
+            )
+        if not 0.01 <= heartbeat <= 60:
+            raise ConfigurationError(
+                f"NearCache(heartbeat=...) must be between 0.01 and 60 seconds, got {heartbeat}"
+            )
+
+
+class _Ticket:
+    __slots__ = ("cancelled", "keys")
+
+    def __init__(self, keys: frozenset[str]) -> None:
+        self.keys = keys
+        self.cancelled = False
+
+
+class NearStore:
+    """The near cache of one configured runtime: bounded store, tickets, tracker."""
+
+    def __init__(self, settings: NearCache, client: Any, key_prefix: str, stats: Stats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._tickets: set[_Ticket] = set()
+        self._lock = threading.RLock()
+        self._forked = False
+        self.tracker = Tracker(
+            connection_factory(client, timeout=max(1.0, settings.heartbeat)),
+            f"{key_prefix}:",
+            on_keys=self._invalidated,
+            on_flush=self._flush,
+            on_ready=self._ready,
+            heartbeat=settings.heartbeat,
+            lock=self._lock,
+        )
+        # A forked child shares the parent's socket but not its thread: it stops using the
+        # near cache (configure() again in the child to get one of its own).
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _mark_forked(ref))
+
+    # -- reads ------------------------------------------------------------------------
+
+    def lookup(
+        self, label: str, events: str, key: str, tag_keys: Sequence[str], schema: bytes
+    ) -> bytes | None:
+        """The entry under ``key`` if it is here and valid for the tags here; else ``None``.
+        Counted as ``{events}l1_hits`` or ``{events}l1_misses`` of ``label``."""
+        entry = self._lookup(key, tag_keys, schema)
+        self.stats.add(label, f"{events}l1_misses" if entry is None else f"{events}l1_hits")
+        return entry
+
+    def _lookup(self, key: str, tag_keys: Sequence[str], schema: bytes) -> bytes | None:
+        if self._forked:
+            return None
+        with self._lock:
+            if not self.tracker.fresh():
+                return None
+            data = self._data
+            entry = data.get(key)
+            if entry is None:
+                return None
+            tags = []
+            for tag_key in tag_keys:
+                tag = data.get(tag_key)
+                if tag is None:
+                    return None
+                tags.append(tag)
+            if not entry.startswith(b"".join(tags) + schema):
+                return None
+            data.move_to_end(key)
+            for tag_key in tag_keys:
+                data.move_to_end(tag_key)
+            return entry
+
+    def begin(self, key: str, tag_keys: Sequence[str]) -> _Ticket | None:
+        """Register a fetch from Redis of ``key`` (checked against ``tag_keys``)."""
+        if self._forked or not self.tracker.live:
+            return None
+        ticket = _Ticket(frozenset((key, *tag_keys)))
+        with self._lock:
+            self._tickets.add(ticket)
+        return ticket
+
+    def remember(
+        self, ticket: _Ticket | None, key: str, tag_keys: Sequence[str], entry: bytes | None
+    ) -> None:
+        """Keep ``entry`` (valid in Redis when fetched), unless an invalidation since
+        :meth:`begin` says it may not be current any more."""
+        if ticket is None:
+            return
+        with self._lock:
+            self._tickets.discard(ticket)
+            if entry is None or not self.tracker.fresh() or ticket.cancelled:
+                return
+            size = _keys.TAG_SIZE
+            self._put(key, entry)
+            for index, tag_key in enumerate(tag_keys):
+                self._put(tag_key, entry[index * size : (index + 1) * size])
+
+    def end(self, ticket: _Ticket | None) -> None:
+        """Forget ``ticket`` without storing anything (the fetch failed)."""
+        if ticket is not None:
+            with self._lock:
+                self._tickets.discard(ticket)
+
+    # -- this process's writes ----------------------------------------------------------
+
+    def discard(self, keys: Iterable[str]) -> None:
+        """Drop ``keys`` now (this process is writing them)."""
+        with self._lock:
+            self._drop(keys)
+
+    def flush(self, reason: str) -> None:
+        """Drop everything (an invalidation of this process failed)."""
+        with self._lock:
+            self._flush(reason)
+
+    # -- inspection and shutdown --------------------------------------------------------
+
+    def size(self) -> tuple[int, int]:
+        """``(entries, bytes)`` held now."""
+        with self._lock:
+            return len(self._data), self._bytes
+
+    def close(self) -> None:
+        self.tracker.close()
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    # -- internals (callers hold the lock) ----------------------------------------------
+
+    def _put(self, key: str, value: bytes) -> None:
+        data = self._data
+        old = data.pop(key, None)
+        if old is not None:
+            self._bytes -= _cost(key, old)
+        data[key] = value
+        self._bytes += _cost(key, value)
+        settings = self.settings
+        evicted = 0
+        while len(data) > settings.max_entries or self._bytes > settings.max_bytes:
+            gone_key, gone = data.popitem(last=False)
+            self._bytes -= _cost(gone_key, gone)
+            evicted += 1
+        if evicted:
+            self.stats.add("*", "l1_evictions", evicted)
+
+    def _drop(self, keys: Iterable[str]) -> int:
+        dropped = 0
+        data = self._data
+        for key in keys:
+            value = data.pop(key, None)
+            if value is not None:
+                self._bytes -= _cost(key, value)
+                dropped += 1
+            for ticket in self._tickets:
+                if key in ticket.keys:
+                    ticket.cancelled = True
+        return dropped
+
+    def _invalidated(self, keys: Sequence[bytes]) -> None:
+        dropped = self._drop(key.decode("utf-8", "surrogateescape") for key in keys)
+        if dropped:
+            self.stats.add("*", "l1_invalidations", dropped)
+
+    def _flush(self, reason: str) -> None:
+        if self._data:
+            self.stats.add("*", "l1_flushes")
+        self._data.clear()
+        self._bytes = 0
+        for ticket in self._tickets:
+            ticket.cancelled = True
+
+    def _ready(self) -> None:
+        self._flush("tracking (re)started")
+
+
+def _cost(key: str, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD
+
+
+def _mark_forked(ref: weakref.ref[NearStore]) -> None:
+    store = ref()
+    if store is not None:
+        store._forked = True
+
+
+def check_client(transport: Any) -> Any:
+    """The redis-py client behind ``transport`` when a near cache can front it."""
+    from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport
+
+    if not isinstance(transport, (RedisSyncTransport, RedisAsyncTransport)):
+        raise ConfigurationError(
+            "near_cache needs RedisSyncTransport or RedisAsyncTransport (it is invalidated by "
+            f"the Redis server), got {type(transport).__name__}"
+        )
+    if transport._cluster:
+        raise ConfigurationError(
+            "near_cache does not support Redis Cluster yet: configure it without near_cache"
+        )
+    return transport.client

@@ -1,0 +1,351 @@
+"""Server-assisted invalidation for the near cache: one RESP3 connection in tracking mode.
+
+The connection runs ``CLIENT TRACKING ON BCAST PREFIX <key_prefix>:``: from then on the
+server pushes ``invalidate [key, ...]`` for every write to a key under the prefix, by any
+client, and ``invalidate nil`` when the database is flushed. Broadcast mode, rather than
+tracking the keys this process read, because the reads are Lua scripts and because it
+costs the server no memory per key.
+
+redis-py's own client-side caching is sync-only and caches plain ``GET`` replies, so the
+connection is opened with redis-py (for AUTH, TLS, unix sockets, database selection),
+then read here with a small RESP3 reader, without ever blocking on it: a reader drains
+whatever has arrived before it serves from the near cache, and a daemon thread drains,
+pings and reconnects in the background. The same thread-based tracker serves sync and
+asyncio transports, since invalidations never need the event loop.
+
+Anything that might have lost a push (a closed or silent connection, an error reply)
+calls ``on_flush`` and stops the near cache serving until ``on_ready`` says a new
+connection tracks again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+logger = logging.getLogger("sqlmodel_cache")
+
+
+class Incomplete(Exception):
+    """The buffer ends inside a message: wait for more bytes."""
+
+
+class ProtocolError(Exception):
+    """The connection sent something that is not RESP3."""
+
+
+def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
+    """One RESP3 value from ``buffer[pos:]`` and the position after it.
+
+    Pushes come back as ``("push", [items])``, errors as :class:`ProtocolError` instances,
+    maps as lists of alternating keys and values; that is all the tracker needs."""
+    end = buffer.find(b"\r\n", pos)
+    if end < 0:
+        raise Incomplete
+    kind = buffer[pos : pos + 1]
+    line = bytes(buffer[pos + 1 : end])
+    pos = end + 2
+    if kind in (b"+", b"("):
+        return line, pos
+    if kind == b"-":
+        return ProtocolError(line.decode("utf-8", "replace")), pos
+    if kind in (b":", b",", b"#"):
+        return line, pos
+    if kind == b"_":
+        return None, pos
+    if kind in (b"$", b"=", b"!"):
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buffer) < pos + size + 2:
+            raise Incomplete
+        data = bytes(buffer[pos : pos + size])
+        if kind == b"!":
+            return ProtocolError(data.decode("utf-8", "replace")), pos + size + 2
+        return data, pos + size + 2
+    if kind in (b"*", b">", b"~", b"%", b"|"):
+        count = int(line)
+        if count < 0:
+            return None, pos
+        if kind in (b"%", b"|"):
+            count *= 2
+        items = []
+        for _ in range(count):
+            item, pos = parse(buffer, pos)
+            items.append(item)
+        if kind == b"|":  # an attribute annotates the value that follows: skip it
+            return parse(buffer, pos)
+        return (("push", items) if kind == b">" else items), pos
+    raise ProtocolError(f"unexpected RESP3 type byte {kind!r}")
+
+
+def command(*parts: str | bytes) -> bytes:
+    """``parts`` encoded as a RESP command."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _sync_connection_class(client: Any) -> Any:
+    """The redis-py sync connection class matching ``client``'s (sync or asyncio) pool."""
+    import redis.connection
+
+    pool = getattr(client, "connection_pool", None)
+    name = type(pool).__name__ if pool is None else pool.connection_class.__name__
+    if "Unix" in name:
+        return redis.connection.UnixDomainSocketConnection
+    if "SSL" in name:
+        return redis.connection.SSLConnection
+    return redis.connection.Connection
+
+
+def _accepted(connection_class: Any) -> set[str]:
+    names: set[str] = set()
+    for klass in connection_class.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return names - {"self", "args", "kwargs"}
+
+
+def connection_factory(client: Any, timeout: float) -> Callable[[], Any]:
+    """A function opening a new sync RESP3 connection to the server behind ``client``."""
+    from sqlmodel_cache.transport._redis import _connection_kwargs
+
+    connection_class = _sync_connection_class(client)
+    accepted = _accepted(connection_class)
+    options = {k: v for k, v in _connection_kwargs(client).items() if k in accepted}
+    options.update(protocol=3, socket_timeout=timeout, socket_connect_timeout=timeout)
+    for unwanted in ("client_name", "retry", "health_check_interval", "credential_provider"):
+        if unwanted in options and options[unwanted] is None:
+            del options[unwanted]
+    return lambda: connection_class(**options)
+
+
+class Tracker:
+    """One tracking connection, kept alive by a daemon thread.
+
+    Args:
+        connect: opens a redis-py sync connection (``protocol=3``), not yet connected.
+        prefix: the key prefix to track.
+        on_keys: called with the keys the server invalidated.
+        on_flush: called when everything must go: the server flushed its keys, or
+            invalidations may have been lost (the argument says why).
+        on_ready: called when tracking (re)starts, before the near cache serves again.
+        lock: the near cache's lock; every callback runs holding it.
+        heartbeat: seconds between two PINGs; a connection silent for three heartbeats
+            counts as lost.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        prefix: str,
+        on_keys: Callable[[Sequence[bytes]], None],
+        on_flush: Callable[[str], None],
+        on_ready: Callable[[], None],
+        heartbeat: float,
+        lock: threading.RLock,
+    ) -> None:
+        self._connect = connect
+        self._prefix = prefix
+        self._on_keys = on_keys
+        self._on_flush = on_flush
+        self._on_ready = on_ready
+        self.heartbeat = heartbeat
+        self.max_silence = 3 * heartbeat
+        self.lock = lock
+        self._connection: Any = None
+        self._sock: socket.socket | None = None
+        self._poll: select.poll | None = None
+        self._buffer = bytearray()
+        self._last_seen = 0.0
+        self._last_ping = 0.0
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+        #: True while the connection tracks and has been heard from recently.
+        self.live = False
+        self._thread = threading.Thread(
+            target=self._run, name="sqlmodel-cache-tracking", daemon=True
+        )
+        self._thread.start()
+
+    # -- called by readers (holding the lock) ------------------------------------------
+
+    def fresh(self) -> bool:
+        """Apply every invalidation that has arrived; ``True`` if the near cache may serve."""
+        if not self.live:
+            return False
+        poll = self._poll
+        if poll is not None and poll.poll(0):
+            self._drain()
+        if self.live and time.monotonic() - self._last_seen > self.max_silence:
+            self._lose("the tracking connection went silent")
+        return self.live
+
+    def drop_connection(self, reason: str) -> None:
+        """Treat the connection as lost (e.g. after a fork); the thread reconnects."""
+        self._lose(reason)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        with self.lock:
+            self._close_socket()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    # -- the background thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopped.is_set():
+            if self._sock is None:
+                if self._open():
+                    backoff = 0.05
+                else:
+                    self._wake.wait(backoff)
+                    self._wake.clear()
+                    backoff = min(backoff * 2, 2.0)
+                continue
+            sock = self._sock
+            try:
+                readable, _, _ = select.select([sock], [], [], self.heartbeat / 2)
+            except (OSError, ValueError):  # closed under us
+                readable = []
+            with self.lock:
+                if self._sock is not sock:
+                    continue
+                if readable:
+                    self._drain()
+                now = time.monotonic()
+                if self._sock is not None and now - self._last_ping >= self.heartbeat:
+                    self._send(command("PING"))
+                    self._last_ping = now
+                if self.live and now - self._last_seen > self.max_silence:
+                    self._lose("the tracking connection went silent")
+
+    def _open(self) -> bool:
+        try:
+            connection = self._connect()
+            connection.connect()
+            sock = connection._sock
+            sock.sendall(command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix))
+            reply = self._read_reply(sock)
+            if isinstance(reply, ProtocolError):
+                raise reply
+            sock.setblocking(False)
+        except Exception as exc:  # noqa: BLE001 - any failure: retry later, cache bypassed
+            logger.warning("near cache: cannot start server tracking (%r); retrying", exc)
+            return False
+        with self.lock:
+            if self._stopped.is_set():
+                connection.disconnect()
+                return False
+            self._connection, self._sock = connection, sock
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN | select.POLLPRI)
+            self._buffer = bytearray()
+            self._last_seen = self._last_ping = time.monotonic()
+            self._on_ready()
+            self.live = True
+        return True
+
+    def _read_reply(self, sock: socket.socket) -> Any:
+        buffer = bytearray()
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed during the tracking handshake")
+            buffer += chunk
+            try:
+                value, pos = parse(buffer, 0)
+            except Incomplete:
+                continue
+            if pos != len(buffer):  # nothing else can be pending before tracking starts
+                raise ProtocolError("unexpected bytes after the CLIENT TRACKING reply")
+            return value
+
+    # -- internals (callers hold the lock) ---------------------------------------------
+
+    def _drain(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                chunk = sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                break
+            except Exception as exc:  # noqa: BLE001 - ssl.SSLWantReadError and friends
+                if "WantRead" in type(exc).__name__:
+                    break
+                self._lose(f"the tracking connection failed: {exc!r}")
+                return
+            if not chunk:
+                self._lose("the tracking connection was closed")
+                return
+            self._buffer += chunk
+            self._last_seen = time.monotonic()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        buffer = self._buffer
+        pos = 0
+        try:
+            while pos < len(buffer):
+                value, pos = parse(buffer, pos)
+                self._handle(value)
+        except Incomplete:
+            pass
+        except (ProtocolError, ValueError) as exc:
+            self._lose(f"the tracking connection sent garbage: {exc!r}")
+            return
+        del buffer[:pos]
+
+    def _handle(self, value: Any) -> None:
+        if isinstance(value, tuple) and value[0] == "push":
+            items = value[1]
+            if items and items[0] == b"invalidate":
+                keys = items[1] if len(items) > 1 else None
+                if keys is None:
+                    self._on_flush("the server flushed its keys")
+                else:
+                    self._on_keys(keys)
+        elif isinstance(value, ProtocolError):
+            raise value
+
+    def _send(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendall(data)
+        except Exception as exc:  # noqa: BLE001 - a dead socket: reconnect
+            self._lose(f"the tracking connection failed: {exc!r}")
+
+    def _lose(self, reason: str) -> None:
+        was_live = self.live
+        self.live = False
+        self._close_socket()
+        self._on_flush(reason)
+        if was_live:
+            logger.warning("near cache: %s; bypassed until tracking is back", reason)
+        self._wake.set()
+
+    def _close_socket(self) -> None:
+        connection, self._connection = self._connection, None
+        self._sock = None
+        self._poll = None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closing a broken socket
+                connection.disconnect()
