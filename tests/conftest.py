@@ -28,7 +28,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from sqlmodel_cache import SQLModelCache
+from sqlmodel_cache import NearCache, SQLModelCache
 from sqlmodel_cache.transport import MemoryTransport, RedisAsyncTransport, RedisSyncTransport
 from tests import servers
 from tests.models import METADATAS
@@ -96,7 +96,7 @@ class Env:
     """One configuration under test, with the SQL it issued and the cache it filled."""
 
     mode: str  # "sync" or "async"
-    cache: str  # "memory", "redis" or "cluster"
+    cache: str  # "memory", "redis", "cluster" or "near" (Redis with the near cache)
     db: str  # "sqlite" or "postgres"
     prefix: str
     engine: Engine  # the sync engine (for async: the AsyncEngine's sync_engine)
@@ -168,6 +168,7 @@ ENV_PARAMS = [
         ("redis", "sqlite"),
         ("redis", "postgres"),
         ("cluster", "sqlite"),
+        ("near", "sqlite"),
     ]
     for marks in [
         [
@@ -213,7 +214,7 @@ def _make_env(
     inspect_client: redis.Redis | redis.RedisCluster | None = None
     if cache == "memory":
         transport: Any = MemoryTransport()
-    elif cache == "redis":
+    elif cache in ("redis", "near"):
         server: servers.RedisServer = request.getfixturevalue("redis_server")
         inspect_client = redis.Redis.from_url(server.url)
         if mode == "sync":
@@ -230,7 +231,8 @@ def _make_env(
 
     env = Env(mode, cache, db, prefix, engine, transport, loop, async_engine, inspect_client)
     event.listen(engine, "before_cursor_execute", _recorder(env.statements))
-    SQLModelCache.configure(transport, key_prefix=prefix)
+    near_cache = NearCache() if cache == "near" else None
+    SQLModelCache.configure(transport, key_prefix=prefix, near_cache=near_cache)
     try:
         yield env
     finally:

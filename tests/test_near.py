@@ -1,0 +1,441 @@
+"""The near cache (SPEC T4): what it serves, what removes entries from it, and that any
+doubt about the invalidation stream flushes and bypasses it. Against a real Redis.
+
+The whole get and query suites also run through it (the ``*-near-*`` envs in conftest)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from sqlmodel_cache import ConfigurationError, NearCache, SQLModelCache, _state
+from sqlmodel_cache._near import NearStore
+from sqlmodel_cache.transport import MemoryTransport, RedisAsyncTransport, RedisSyncTransport
+from sqlmodel_cache.transport._tracking import Incomplete, ProtocolError, command, parse
+from tests import servers
+from tests.models import Hero
+
+pytestmark = pytest.mark.redis
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+class Setup:
+    """A file SQLite database with one hero, and the cache over Redis with a near cache."""
+
+    def __init__(self, tmp_path: Path, url: str, **near: Any) -> None:
+        self.path = tmp_path / "near.db"
+        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
+        SQLModel.metadata.create_all(self.engine, tables=[Hero.__table__])  # type: ignore[list-item]
+        self.statements: list[str] = []
+        event.listen(
+            self.engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *args: self.statements.append(statement),
+        )
+        self.prefix = f"n{os.urandom(6).hex()}"
+        self.client = redis.Redis.from_url(url)
+        SQLModelCache.configure(
+            RedisSyncTransport.from_url(url), key_prefix=self.prefix, near_cache=NearCache(**near)
+        )
+        with Session(self.engine) as session:
+            session.add(Hero(id=1, name="Spider"))
+            session.commit()
+        wait_for(lambda: self.near.tracker.live)
+
+    @property
+    def near(self) -> NearStore:
+        assert _state.runtime is not None
+        near = _state.runtime.driver.near
+        assert near is not None
+        return near
+
+    def name(self) -> str:
+        with Session(self.engine) as session:
+            hero = session.get(Hero, 1)
+            assert hero is not None
+            return hero.name
+
+    def warm(self) -> None:
+        """Miss (fill), then a Redis hit, which the near cache keeps."""
+        self.name()
+        time.sleep(0.02)  # the push of our own fill drops nothing we keep
+        self.name()
+        assert self.near.size()[0] == 2  # the row and its table's row tag
+
+    def counts(self, label: str = "Hero") -> dict[str, int]:
+        return SQLModelCache.stats().get(label, {})
+
+    def evalshas(self) -> int:
+        stats = self.client.info("commandstats").get("cmdstat_evalsha", {"calls": 0})
+        return int(stats["calls"])
+
+    def write_behind_the_cache(self, name: str) -> None:
+        """Another program changes the row, and another process's commit re-tags it."""
+        with sqlite3.connect(self.path) as connection:
+            connection.execute("UPDATE hero SET name = ? WHERE id = 1", (name,))
+        self.client.set(f"{self.prefix}:{{hero}}:rt", os.urandom(8).hex())
+
+    def close(self) -> None:
+        SQLModelCache.reset()
+        self.client.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, redis_server: servers.RedisServer) -> Iterator[Setup]:
+    built = Setup(tmp_path, redis_server.url, heartbeat=0.1)
+    yield built
+    built.close()
+
+
+def test_a_hot_get_is_served_in_process_without_sql_or_redis(setup: Setup) -> None:
+    setup.warm()
+    setup.statements.clear()
+    before = setup.evalshas()
+    assert [setup.name() for _ in range(5)] == ["Spider"] * 5
+    assert setup.statements == []
+    assert setup.evalshas() == before  # the evalsha INFO itself is not one
+    counts = setup.counts()
+    assert counts["l1_hits"] == 5
+    assert counts["hits"] == 6  # the Redis hit of warm() and the five near hits
+
+
+def test_the_first_reads_fill_redis_and_the_near_cache_keeps_a_redis_hit(setup: Setup) -> None:
+    setup.name()
+    assert setup.counts()["fills"] == 1
+    time.sleep(0.02)
+    setup.name()  # a Redis hit
+    setup.name()  # a near hit
+    counts = setup.counts()
+    assert (counts["misses"], counts["hits"], counts["l1_hits"]) == (1, 2, 1)
+
+
+def test_another_process_s_write_is_seen_by_the_next_read(setup: Setup) -> None:
+    for round_ in range(20):
+        setup.warm()
+        setup.write_behind_the_cache(f"Spider {round_}")
+        # No sleep: the read drains the pushes that arrived before it serves.
+        assert setup.name() == f"Spider {round_}"
+    assert SQLModelCache.stats()["*"]["l1_invalidations"] >= 20
+
+
+def test_own_commit_clears_the_near_cache_before_commit_returns(setup: Setup) -> None:
+    setup.warm()
+    setup.near.tracker._drain = lambda: None  # type: ignore[method-assign] # pushes never arrive
+    with Session(setup.engine) as session:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        hero.name = "Spider-Man"
+        session.add(hero)
+        session.commit()
+    assert setup.name() == "Spider-Man"
+
+
+def test_manual_invalidation_clears_the_near_cache(setup: Setup) -> None:
+    setup.warm()
+    with sqlite3.connect(setup.path) as connection:
+        connection.execute("UPDATE hero SET name = 'Ghost' WHERE id = 1")
+    setup.near.tracker._drain = lambda: None  # type: ignore[method-assign]
+    SQLModelCache.invalidate(Hero, 1)
+    assert setup.name() == "Ghost"
+
+
+def test_an_invalidation_during_a_redis_fetch_cancels_keeping_it(setup: Setup) -> None:
+    setup.name()
+    key = f"{setup.prefix}:{{hero}}:r:[1]"
+    tag_key = f"{setup.prefix}:{{hero}}:rt"
+    entry = setup.client.get(key)
+    ticket = setup.near.begin(key, (tag_key,))
+    setup.client.set(tag_key, os.urandom(8).hex())  # a commit lands while we fetch
+    time.sleep(0.02)
+    setup.near.remember(ticket, key, (tag_key,), entry)
+    assert setup.near.size() == (0, 0)
+    untouched = setup.near.begin(key, (tag_key,))
+    setup.near.remember(untouched, key, (tag_key,), entry)
+    assert setup.near.size()[0] == 2  # the same entry without a write in between is kept
+
+
+def test_a_killed_tracking_connection_flushes_bypasses_then_recovers(setup: Setup) -> None:
+    setup.warm()
+    tracking = [c for c in setup.client.client_list() if "t" in c["flags"]]
+    assert tracking
+    for connection in tracking:
+        setup.client.client_kill_filter(_id=connection["id"])
+    setup.write_behind_the_cache("Venom")  # a write while the pushes cannot arrive
+    assert setup.name() == "Venom"
+    assert setup.near.size() == (0, 0)
+    assert SQLModelCache.stats()["*"]["l1_flushes"] == 1
+    wait_for(lambda: setup.near.tracker.live)
+    setup.warm()
+    before = setup.counts()["l1_hits"]
+    assert setup.name() == "Venom"
+    assert setup.counts()["l1_hits"] == before + 1
+
+
+def test_a_silent_tracking_connection_is_treated_as_lost(setup: Setup) -> None:
+    setup.warm()
+    setup.client.execute_command("CLIENT", "PAUSE", "700", "ALL")  # no PONG, no pushes
+    time.sleep(0.5)  # more than three heartbeats of 0.1 s
+    assert not setup.near.tracker.live
+    assert setup.near.size() == (0, 0)
+    wait_for(lambda: setup.near.tracker.live)
+    assert setup.name() == "Spider"
+
+
+def test_a_server_flush_empties_the_near_cache(setup: Setup) -> None:
+    setup.warm()
+    setup.client.flushdb()
+    wait_for(lambda: setup.near.size() == (0, 0))
+    assert setup.near.tracker.live
+    assert setup.name() == "Spider"
+
+
+def test_an_entry_expiring_in_redis_leaves_the_near_cache(
+    tmp_path: Path, redis_server: servers.RedisServer
+) -> None:
+    setup = Setup(tmp_path, redis_server.url, heartbeat=0.1)
+    try:
+        with Session(setup.engine) as session:
+            session.get(Hero, 1, execution_options={"cache_ttl": 1})
+            time.sleep(0.02)
+            session.expunge_all()
+            session.get(Hero, 1, execution_options={"cache_ttl": 1})
+        assert setup.near.size()[0] == 2
+        wait_for(lambda: setup.near.size()[0] == 1, timeout=4)  # the tag has no TTL
+        setup.statements.clear()
+        assert setup.name() == "Spider"
+        assert len(setup.statements) == 1
+    finally:
+        setup.close()
+
+
+def test_a_failed_invalidation_flushes_the_near_cache(setup: Setup) -> None:
+    setup.warm()
+    transport = _state.runtime.driver.transport  # type: ignore[union-attr]
+
+    def failing(keys: Any, args: Any) -> None:
+        raise redis.ConnectionError("down")
+
+    transport._invalidate = failing
+    with Session(setup.engine) as session:
+        hero = session.get(Hero, 1)
+        assert hero is not None
+        hero.name = "Spider-Woman"
+        session.add(hero)
+        session.commit()
+    assert setup.near.size() == (0, 0)
+    assert SQLModelCache.stats()["*"]["invalidation_errors"] == 1
+    assert setup.name() == "Spider-Woman"  # the pending invalidation bypasses the cache
+
+
+@pytest.mark.parametrize(("max_entries", "max_bytes"), [(3, 1_000_000), (1_000, 800)])
+def test_it_is_bounded_by_entries_and_by_bytes(
+    tmp_path: Path, redis_server: servers.RedisServer, max_entries: int, max_bytes: int
+) -> None:
+    setup = Setup(tmp_path, redis_server.url, max_entries=max_entries, max_bytes=max_bytes)
+    try:
+        with Session(setup.engine) as session:
+            session.add_all(Hero(id=i, name=f"hero {i}") for i in range(2, 6))
+            session.commit()
+        for _ in range(2):
+            for i in range(1, 6):
+                with Session(setup.engine) as session:
+                    session.get(Hero, i)
+            time.sleep(0.02)
+        entries, size = setup.near.size()
+        assert 0 < entries <= max_entries
+        assert size <= max_bytes
+        assert SQLModelCache.stats()["*"]["l1_evictions"] >= 2
+        assert [setup.name() for _ in range(2)] == ["Spider"] * 2
+    finally:
+        setup.close()
+
+
+def test_a_select_is_served_from_the_near_cache(setup: Setup) -> None:
+    def names() -> list[str]:
+        with Session(setup.engine) as session:
+            return list(session.exec(select(Hero.name).where(Hero.id == 1)))
+
+    names()
+    time.sleep(0.02)
+    names()
+    setup.statements.clear()
+    assert names() == ["Spider"]
+    assert setup.statements == []
+    assert setup.counts()["query_l1_hits"] == 1
+    setup.write_behind_the_cache("ignored")  # a row tag: queries check data tags
+    setup.client.set(f"{setup.prefix}:{{hero}}:dt", os.urandom(8).hex())
+    assert names() == ["ignored"]
+
+
+def test_async_gets_are_served_from_the_near_cache(
+    tmp_path: Path, redis_server: servers.RedisServer
+) -> None:
+    import asyncio
+
+    path = tmp_path / "async.db"
+    sync_engine = create_engine(f"sqlite:///{path}")
+    SQLModel.metadata.create_all(sync_engine, tables=[Hero.__table__])  # type: ignore[list-item]
+    with sync_engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO hero (id, name, power) VALUES (1, 'Spider', 0)")
+    sync_engine.dispose()
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+    async def main() -> list[str]:
+        transport = RedisAsyncTransport.from_url(redis_server.url)
+        SQLModelCache.configure(
+            transport, key_prefix=f"a{os.urandom(6).hex()}", near_cache=NearCache()
+        )
+        near = _state.runtime.driver.near  # type: ignore[union-attr]
+        assert near is not None
+        while not near.tracker.live:
+            await asyncio.sleep(0.01)
+        names = []
+        for _ in range(4):
+            async with AsyncSession(engine) as session:
+                hero = await session.get(Hero, 1)
+                assert hero is not None
+                names.append(hero.name)
+            await asyncio.sleep(0.02)
+        SQLModelCache.reset()
+        await transport.client.aclose()
+        await engine.dispose()
+        return names
+
+    SQLModelCache.reset()
+    stats: dict[str, int] = {}
+    SQLModelCache.subscribe(
+        lambda label, event, n: stats.__setitem__(event, stats.get(event, 0) + n)
+    )
+    assert asyncio.run(main()) == ["Spider"] * 4
+    assert stats["l1_hits"] == 2
+
+
+def test_a_forked_child_does_not_use_the_parent_s_near_cache(setup: Setup) -> None:
+    setup.warm()
+    pid = os.fork()
+    if pid == 0:  # the child: its reads go to Redis, never to the inherited near cache
+        try:
+            setup.name()
+            served = SQLModelCache.stats()["Hero"].get("l1_hits", 0)
+            os._exit(0 if served == 0 and setup.near._forked else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert setup.name() == "Spider"
+    assert setup.counts()["l1_hits"] == 1  # the parent still uses its own
+
+
+def test_an_unreachable_server_costs_no_exception(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
+    with Session(engine) as session:
+        session.add(Hero(id=1, name="Spider"))
+        session.commit()
+    port = servers._free_port()
+    SQLModelCache.configure(
+        RedisSyncTransport.from_url(f"redis://127.0.0.1:{port}", timeout=0.05),
+        near_cache=NearCache(heartbeat=0.05),
+    )
+    for _ in range(3):
+        with Session(engine) as session:
+            hero = session.get(Hero, 1)
+            assert hero is not None
+            assert hero.name == "Spider"
+    assert "l1_hits" not in SQLModelCache.stats().get("Hero", {})
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_entries": 0}, "max_entries"),
+        ({"max_bytes": True}, "max_bytes"),
+        ({"heartbeat": "1"}, "heartbeat"),
+        ({"heartbeat": 0.001}, "heartbeat"),
+    ],
+)
+def test_bad_settings_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        NearCache(**options)
+
+
+def test_it_needs_a_single_node_redis_transport(redis_server: servers.RedisServer) -> None:
+    with pytest.raises(ConfigurationError, match="RedisSyncTransport or RedisAsyncTransport"):
+        SQLModelCache.configure(MemoryTransport(), near_cache=NearCache())
+    with pytest.raises(ConfigurationError, match="near_cache must be a NearCache"):
+        SQLModelCache.configure(MemoryTransport(), near_cache={"max_entries": 10})  # type: ignore[arg-type]
+    assert not SQLModelCache.is_configured()
+
+
+def test_cluster_is_refused(redis_cluster: servers.RedisCluster) -> None:
+    with pytest.raises(ConfigurationError, match="Cluster"):
+        SQLModelCache.configure(
+            RedisSyncTransport.from_url(redis_cluster.url, cluster=True), near_cache=NearCache()
+        )
+
+
+def test_reset_stops_the_tracking_connection(
+    tmp_path: Path, redis_server: servers.RedisServer
+) -> None:
+    setup = Setup(tmp_path, redis_server.url)
+    tracker = setup.near.tracker
+    setup.close()
+    assert not tracker._thread.is_alive()
+    client = redis.Redis.from_url(redis_server.url)
+    assert not [c for c in client.client_list() if "t" in c["flags"]]
+    client.close()
+
+
+# -- the RESP3 reader -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b"+OK\r\n", b"OK"),
+        (b":42\r\n", b"42"),
+        (b"_\r\n", None),
+        (b"$5\r\nhello\r\n", b"hello"),
+        (b"$-1\r\n", None),
+        (b"*2\r\n$1\r\na\r\n:1\r\n", [b"a", b"1"]),
+        (b"%1\r\n+k\r\n+v\r\n", [b"k", b"v"]),
+        (b"~1\r\n#t\r\n", [b"t"]),
+        (b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nkey\r\n", ("push", [b"invalidate", [b"key"]])),
+        (b">2\r\n$10\r\ninvalidate\r\n_\r\n", ("push", [b"invalidate", None])),
+        (b"|1\r\n+a\r\n+b\r\n+after\r\n", b"after"),
+    ],
+)
+def test_parse_reads_resp3(raw: bytes, value: Any) -> None:
+    assert parse(raw + b"+next\r\n", 0) == (value, len(raw))
+
+
+def test_parse_errors_and_partial_input() -> None:
+    error, _ = parse(b"-ERR nope\r\n", 0)
+    assert isinstance(error, ProtocolError)
+    assert "nope" in str(error)
+    blob, _ = parse(b"!3\r\nbad\r\n", 0)
+    assert isinstance(blob, ProtocolError)
+    for partial in (b"$5\r\nhel", b"*2\r\n+a\r\n", b"+OK"):
+        with pytest.raises(Incomplete):
+            parse(partial, 0)
+    with pytest.raises(ProtocolError):
+        parse(b"?\r\n", 0)
+    assert command("PING") == b"*1\r\n$4\r\nPING\r\n"
