@@ -78,7 +78,7 @@ class NearCache:
 
 
 class _Ticket:
-    __slots__ = ("cancelled", "keys")
+    __slots__ = ("__weakref__", "cancelled", "keys")
 
     def __init__(self, keys: frozenset[str]) -> None:
         self.keys = keys
@@ -93,7 +93,8 @@ class NearStore:
         self.stats = stats
         self._data: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
-        self._tickets: set[_Ticket] = set()
+        # Weak: a fetch abandoned half-way (a cancelled task) leaves nothing behind.
+        self._tickets: weakref.WeakSet[_Ticket] = weakref.WeakSet()
         self._lock = threading.RLock()
         self._forked = False
         self.tracker = Tracker(
@@ -105,10 +106,7 @@ class NearStore:
             heartbeat=settings.heartbeat,
             lock=self._lock,
         )
-        # A forked child shares the parent's socket but not its thread: it stops using the
-        # near cache (configure() again in the child to get one of its own).
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _mark_forked(ref))
+        _STORES.add(self)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -179,11 +177,15 @@ class NearStore:
 
     def discard(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` now (this process is writing them)."""
+        if self._forked:
+            return
         with self._lock:
             self._drop(keys)
 
     def flush(self, reason: str) -> None:
         """Drop everything (an invalidation of this process failed)."""
+        if self._forked:
+            return
         with self._lock:
             self._flush(reason)
 
@@ -195,6 +197,9 @@ class NearStore:
             return len(self._data), self._bytes
 
     def close(self) -> None:
+        _STORES.discard(self)
+        if self._forked:  # the parent's thread and lock: not ours to touch
+            return
         self.tracker.close()
         with self._lock:
             self._data.clear()
@@ -252,10 +257,18 @@ def _cost(key: str, value: bytes) -> int:
     return len(key) + len(value) + ENTRY_OVERHEAD
 
 
-def _mark_forked(ref: weakref.ref[NearStore]) -> None:
-    store = ref()
-    if store is not None:
+#: Every open near cache, so that a forked child can turn them off: it shares the parent's
+#: tracking socket but not its thread, and a lock may have been held at the fork. The child
+#: reads Redis directly until it calls ``configure()`` itself.
+_STORES: weakref.WeakSet[NearStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
         store._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def check_client(transport: Any) -> Any:

@@ -21,7 +21,13 @@ from sqlmodel import Session, SQLModel, create_engine, select
 from sqlmodel_cache import ConfigurationError, NearCache, SQLModelCache, _state
 from sqlmodel_cache._near import NearStore
 from sqlmodel_cache.transport import MemoryTransport, RedisAsyncTransport, RedisSyncTransport
-from sqlmodel_cache.transport._tracking import Incomplete, ProtocolError, command, parse
+from sqlmodel_cache.transport._tracking import (
+    Incomplete,
+    ProtocolError,
+    command,
+    parse,
+    read_reply,
+)
 from tests import servers
 from tests.models import Hero
 
@@ -439,3 +445,17 @@ def test_parse_errors_and_partial_input() -> None:
     with pytest.raises(ProtocolError):
         parse(b"?\r\n", 0)
     assert command("PING") == b"*1\r\n$4\r\nPING\r\n"
+
+
+def test_invalidations_right_behind_the_tracking_reply_are_kept() -> None:
+    import socket
+
+    ours, server = socket.socketpair()
+    push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+    server.sendall(b"+O")
+    server.sendall(b"K\r\n" + push)
+    assert read_reply(ours) == (b"OK", push)
+    server.close()
+    with pytest.raises(ConnectionError):
+        read_reply(ours)
+    ours.close()

@@ -95,6 +95,22 @@ def command(*parts: str | bytes) -> bytes:
     return b"".join(out)
 
 
+def read_reply(sock: socket.socket) -> tuple[Any, bytes]:
+    """The reply to the tracking command, and what followed it: invalidations of writes
+    made as soon as tracking started."""
+    buffer = bytearray()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed during the tracking handshake")
+        buffer += chunk
+        try:
+            value, pos = parse(buffer, 0)
+        except Incomplete:
+            continue
+        return value, bytes(buffer[pos:])
+
+
 def _sync_connection_class(client: Any) -> Any:
     """The redis-py sync connection class matching ``client``'s (sync or asyncio) pool."""
     import redis.connection
@@ -171,7 +187,11 @@ class Tracker:
         self._last_seen = 0.0
         self._last_ping = 0.0
         self._stopped = threading.Event()
-        self._wake = threading.Event()
+        # The thread sleeps in select() on this pair too, so close() and a lost connection
+        # wake it at once instead of after a timeout.
+        self._waker, self._wakeup = socket.socketpair()
+        self._waker.setblocking(False)
+        self._failing = False
         #: True while the connection tracks and has been heard from recently.
         self.live = False
         self._thread = threading.Thread(
@@ -198,11 +218,13 @@ class Tracker:
 
     def close(self) -> None:
         self._stopped.set()
-        self._wake.set()
+        self._wake()
         with self.lock:
             self._close_socket()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
+        self._waker.close()
+        self._wakeup.close()
 
     # -- the background thread ---------------------------------------------------------
 
@@ -213,15 +235,11 @@ class Tracker:
                 if self._open():
                     backoff = 0.05
                 else:
-                    self._wake.wait(backoff)
-                    self._wake.clear()
+                    self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                 continue
             sock = self._sock
-            try:
-                readable, _, _ = select.select([sock], [], [], self.heartbeat / 2)
-            except (OSError, ValueError):  # closed under us
-                readable = []
+            readable = self._sleep(self.heartbeat / 2, sock)
             with self.lock:
                 if self._sock is not sock:
                     continue
@@ -234,19 +252,38 @@ class Tracker:
                 if self.live and now - self._last_seen > self.max_silence:
                     self._lose("the tracking connection went silent")
 
+    def _sleep(self, seconds: float, sock: socket.socket | None = None) -> bool:
+        """Wait until ``sock`` is readable (``True``), a wake-up, or ``seconds``."""
+        waiting: list[socket.socket] = [self._wakeup] if sock is None else [self._wakeup, sock]
+        try:
+            readable, _, _ = select.select(waiting, [], [], seconds)
+        except (OSError, ValueError):  # a socket closed under us
+            return False
+        if self._wakeup in readable:
+            with contextlib.suppress(OSError):
+                self._wakeup.recv(4096)
+        return sock is not None and sock in readable
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._waker.send(b"x")
+
     def _open(self) -> bool:
         try:
             connection = self._connect()
             connection.connect()
             sock = connection._sock
             sock.sendall(command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix))
-            reply = self._read_reply(sock)
+            reply, pushed = read_reply(sock)
             if isinstance(reply, ProtocolError):
                 raise reply
             sock.setblocking(False)
         except Exception as exc:  # noqa: BLE001 - any failure: retry later, cache bypassed
-            logger.warning("near cache: cannot start server tracking (%r); retrying", exc)
+            if not self._failing:  # once per outage
+                logger.warning("near cache: cannot start server tracking (%r); retrying", exc)
+            self._failing = True
             return False
+        self._failing = False
         with self.lock:
             if self._stopped.is_set():
                 connection.disconnect()
@@ -254,26 +291,12 @@ class Tracker:
             self._connection, self._sock = connection, sock
             self._poll = select.poll()
             self._poll.register(sock, select.POLLIN | select.POLLPRI)
-            self._buffer = bytearray()
+            self._buffer = bytearray(pushed)
             self._last_seen = self._last_ping = time.monotonic()
             self._on_ready()
             self.live = True
+            self._dispatch()
         return True
-
-    def _read_reply(self, sock: socket.socket) -> Any:
-        buffer = bytearray()
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed during the tracking handshake")
-            buffer += chunk
-            try:
-                value, pos = parse(buffer, 0)
-            except Incomplete:
-                continue
-            if pos != len(buffer):  # nothing else can be pending before tracking starts
-                raise ProtocolError("unexpected bytes after the CLIENT TRACKING reply")
-            return value
 
     # -- internals (callers hold the lock) ---------------------------------------------
 
@@ -340,7 +363,7 @@ class Tracker:
         self._on_flush(reason)
         if was_live:
             logger.warning("near cache: %s; bypassed until tracking is back", reason)
-        self._wake.set()
+        self._wake()
 
     def _close_socket(self) -> None:
         connection, self._connection = self._connection, None
