@@ -212,10 +212,6 @@ class Tracker:
             self._lose("the tracking connection went silent")
         return self.live
 
-    def drop_connection(self, reason: str) -> None:
-        """Treat the connection as lost (e.g. after a fork); the thread reconnects."""
-        self._lose(reason)
-
     def close(self) -> None:
         self._stopped.set()
         self._wake()
@@ -254,15 +250,18 @@ class Tracker:
 
     def _sleep(self, seconds: float, sock: socket.socket | None = None) -> bool:
         """Wait until ``sock`` is readable (``True``), a wake-up, or ``seconds``."""
-        waiting: list[socket.socket] = [self._wakeup] if sock is None else [self._wakeup, sock]
+        waiting = select.poll()  # not select(): it fails on descriptors above 1023
         try:
-            readable, _, _ = select.select(waiting, [], [], seconds)
+            waiting.register(self._wakeup, select.POLLIN)
+            if sock is not None:
+                waiting.register(sock, select.POLLIN | select.POLLPRI)
+            events = dict(waiting.poll(seconds * 1000))
         except (OSError, ValueError):  # a socket closed under us
             return False
-        if self._wakeup in readable:
+        if self._wakeup.fileno() in events:
             with contextlib.suppress(OSError):
                 self._wakeup.recv(4096)
-        return sock is not None and sock in readable
+        return sock is not None and events.get(sock.fileno(), 0) != 0
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
