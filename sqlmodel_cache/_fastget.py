@@ -138,7 +138,7 @@ async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -
             session, entity, ident, execution_options={PREFETCHED: (key, None)}
         )
     if near is not None:
-        near.remember(ticket, key, tag_keys, fetched.entry)
+        near.remember(ticket, key, tag_keys, fetched)
     runtime.breaker.record_success()
     if fetched.entry is not None:
         instance = answer_hit(runtime, sync_session, plan, key, fetched.entry)

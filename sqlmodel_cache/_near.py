@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache._stats import Stats
+from sqlmodel_cache.transport._protocols import Fetched
 from sqlmodel_cache.transport._tracking import Tracker, connection_factory
 
 #: Bytes a stored entry costs beyond its key and value bytes: the ``str`` and ``bytes``
@@ -92,7 +94,9 @@ class NearStore:
     def __init__(self, settings: NearCache, client: Any, key_prefix: str, stats: Stats) -> None:
         self.settings = settings
         self.stats = stats
-        self._data: OrderedDict[str, bytes] = OrderedDict()
+        # key -> (value, monotonic deadline): an entry goes when Redis's copy would expire,
+        # even if the server's expiry (and its invalidation) comes later.
+        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
         # Weak: a fetch abandoned half-way (a cancelled task) leaves nothing behind.
         self._tickets: weakref.WeakSet[_Ticket] = weakref.WeakSet()
@@ -127,15 +131,19 @@ class NearStore:
             if not self.tracker.fresh():
                 return None
             data = self._data
-            entry = data.get(key)
-            if entry is None:
+            item = data.get(key)
+            if item is None:
+                return None
+            entry, deadline = item
+            if deadline <= time.monotonic():
+                self._drop((key,))
                 return None
             tags = []
             for tag_key in tag_keys:
-                tag = data.get(tag_key)
-                if tag is None:
+                tag_item = data.get(tag_key)
+                if tag_item is None:
                     return None
-                tags.append(tag)
+                tags.append(tag_item[0])
             if not entry.startswith(b"".join(tags) + schema):
                 return None
             data.move_to_end(key)
@@ -153,20 +161,24 @@ class NearStore:
         return ticket
 
     def remember(
-        self, ticket: _Ticket | None, key: str, tag_keys: Sequence[str], entry: bytes | None
+        self, ticket: _Ticket | None, key: str, tag_keys: Sequence[str], fetched: Fetched
     ) -> None:
-        """Keep ``entry`` (valid in Redis when fetched), unless an invalidation since
-        :meth:`begin` says it may not be current any more."""
+        """Keep the entry ``fetched`` (valid in Redis when fetched) for as long as Redis keeps
+        it, unless an invalidation since :meth:`begin` says it may not be current any more."""
         if ticket is None:
             return
         with self._lock:
             self._tickets.discard(ticket)
-            if entry is None or not self.tracker.fresh() or ticket.cancelled:
+            entry, expires_in_ms = fetched.entry, fetched.expires_in_ms
+            if entry is None or expires_in_ms is None or expires_in_ms <= 0:
+                return  # no entry, or no TTL to bound the copy by
+            if not self.tracker.fresh() or ticket.cancelled:
                 return
+            deadline = time.monotonic() + expires_in_ms / 1000
             size = _keys.TAG_SIZE
-            self._put(key, entry)
-            for index, tag_key in enumerate(tag_keys):
-                self._put(tag_key, entry[index * size : (index + 1) * size])
+            self._put(key, entry, deadline)
+            for index, tag_key in enumerate(tag_keys):  # tags never expire in Redis either
+                self._put(tag_key, entry[index * size : (index + 1) * size], _NEVER)
 
     def end(self, ticket: _Ticket | None) -> None:
         """Forget ``ticket`` without storing anything (the fetch failed)."""
@@ -208,17 +220,17 @@ class NearStore:
 
     # -- internals (callers hold the lock) ----------------------------------------------
 
-    def _put(self, key: str, value: bytes) -> None:
+    def _put(self, key: str, value: bytes, deadline: float) -> None:
         data = self._data
         old = data.pop(key, None)
         if old is not None:
-            self._bytes -= _cost(key, old)
-        data[key] = value
+            self._bytes -= _cost(key, old[0])
+        data[key] = (value, deadline)
         self._bytes += _cost(key, value)
         settings = self.settings
         evicted = 0
         while len(data) > settings.max_entries or self._bytes > settings.max_bytes:
-            gone_key, gone = data.popitem(last=False)
+            gone_key, (gone, _) = data.popitem(last=False)
             self._bytes -= _cost(gone_key, gone)
             evicted += 1
         if evicted:
@@ -228,9 +240,9 @@ class NearStore:
         dropped = 0
         data = self._data
         for key in keys:
-            value = data.pop(key, None)
-            if value is not None:
-                self._bytes -= _cost(key, value)
+            item = data.pop(key, None)
+            if item is not None:
+                self._bytes -= _cost(key, item[0])
                 dropped += 1
             for ticket in self._tickets:
                 if key in ticket.keys:
@@ -252,6 +264,9 @@ class NearStore:
 
     def _ready(self) -> None:
         self._flush("tracking (re)started")
+
+
+_NEVER = float("inf")
 
 
 def _cost(key: str, value: bytes) -> int:
@@ -284,5 +299,12 @@ def check_client(transport: Any) -> Any:
     if transport._cluster:
         raise ConfigurationError(
             "near_cache does not support Redis Cluster yet: configure it without near_cache"
+        )
+    pool = getattr(transport.client, "connection_pool", None)
+    if "Sentinel" in type(pool).__name__:
+        # Its tracking connection would need the current primary on every reconnect.
+        raise ConfigurationError(
+            "near_cache does not support Redis Sentinel clients yet: configure it without "
+            "near_cache, or give it a client of the primary"
         )
     return transport.client

@@ -310,7 +310,7 @@ def fetch(
             transport_failed(runtime, label, READ_FAILED, exc)
             return None
         if near is not None:
-            near.remember(ticket, key, tag_keys, fetched.entry)
+            near.remember(ticket, key, tag_keys, fetched)
         runtime.breaker.record_success()
         if fetched.entry is not None or fetched.leased:
             return fetched, lease

@@ -20,7 +20,12 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from sqlmodel_cache import ConfigurationError, NearCache, SQLModelCache, _state
 from sqlmodel_cache._near import NearStore
-from sqlmodel_cache.transport import MemoryTransport, RedisAsyncTransport, RedisSyncTransport
+from sqlmodel_cache.transport import (
+    Fetched,
+    MemoryTransport,
+    RedisAsyncTransport,
+    RedisSyncTransport,
+)
 from sqlmodel_cache.transport._tracking import (
     Incomplete,
     ProtocolError,
@@ -170,11 +175,47 @@ def test_an_invalidation_during_a_redis_fetch_cancels_keeping_it(setup: Setup) -
     ticket = setup.near.begin(key, (tag_key,))
     setup.client.set(tag_key, os.urandom(8).hex())  # a commit lands while we fetch
     time.sleep(0.02)
-    setup.near.remember(ticket, key, (tag_key,), entry)
+    setup.near.remember(ticket, key, (tag_key,), Fetched(entry, False, (), 60_000))
     assert setup.near.size() == (0, 0)
     untouched = setup.near.begin(key, (tag_key,))
-    setup.near.remember(untouched, key, (tag_key,), entry)
+    setup.near.remember(untouched, key, (tag_key,), Fetched(entry, False, (), 60_000))
     assert setup.near.size()[0] == 2  # the same entry without a write in between is kept
+
+
+def test_a_copy_lives_no_longer_than_the_redis_entry(setup: Setup) -> None:
+    setup.name()
+    key = f"{setup.prefix}:{{hero}}:r:[1]"
+    tag_key = f"{setup.prefix}:{{hero}}:rt"
+    entry = setup.client.get(key)
+    assert entry is not None
+    setup.near.tracker._drain = lambda: None  # type: ignore[method-assign] # no expiry push
+    setup.near.remember(
+        setup.near.begin(key, (tag_key,)), key, (tag_key,), Fetched(entry, False, (), 50)
+    )
+    schema = entry[16:32]
+    assert setup.near.lookup("Hero", "", key, (tag_key,), schema) == entry
+    time.sleep(0.06)
+    assert setup.near.lookup("Hero", "", key, (tag_key,), schema) is None
+    assert setup.near.size()[0] == 1  # the tag stays: tags do not expire in Redis either
+
+
+def test_nothing_is_served_while_a_push_is_half_received(
+    tmp_path: Path, redis_server: servers.RedisServer
+) -> None:
+    setup = Setup(tmp_path, redis_server.url, heartbeat=5)
+    try:
+        setup.warm()
+        with setup.near._lock:
+            setup.near.tracker._drain = lambda: None  # type: ignore[method-assign]
+            setup.near.tracker._buffer += b">2\r\n$10\r\ninvali"
+        assert setup.name() == "Spider"
+        assert setup.counts().get("l1_hits", 0) == 0
+        with setup.near._lock:
+            setup.near.tracker._buffer.clear()
+        assert setup.name() == "Spider"
+        assert setup.counts()["l1_hits"] == 1
+    finally:
+        setup.close()
 
 
 def test_a_killed_tracking_connection_flushes_bypasses_then_recovers(setup: Setup) -> None:
@@ -389,6 +430,15 @@ def test_it_needs_a_single_node_redis_transport(redis_server: servers.RedisServe
     with pytest.raises(ConfigurationError, match="near_cache must be a NearCache"):
         SQLModelCache.configure(MemoryTransport(), near_cache={"max_entries": 10})  # type: ignore[arg-type]
     assert not SQLModelCache.is_configured()
+
+
+def test_sentinel_is_refused() -> None:
+    sentinel = redis.Sentinel([("127.0.0.1", servers._free_port())])
+    with pytest.raises(ConfigurationError, match="Sentinel"):
+        SQLModelCache.configure(
+            RedisSyncTransport(sentinel.master_for("primary", socket_timeout=0.1)),
+            near_cache=NearCache(),
+        )
 
 
 def test_cluster_is_refused(redis_cluster: servers.RedisCluster) -> None:

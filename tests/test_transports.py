@@ -100,7 +100,10 @@ def test_fill_with_the_lease_then_hit(store: SyncView) -> None:
     fetched = _fetch(store)
     entry = b"".join(fetched.tags) + SCHEMA + b"[1]"
     assert store.fill("k", entry, 60, b"Lmine")
-    assert _fetch(store, b"Lother") == (entry, False, ())
+    hit = _fetch(store, b"Lother")
+    assert hit[:3] == (entry, False, ())
+    assert hit.expires_in_ms is not None
+    assert 59_000 < hit.expires_in_ms <= 60_000
 
 
 def test_invalidation_between_fetch_and_fill_drops_the_fill(store: SyncView) -> None:

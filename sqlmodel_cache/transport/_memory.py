@@ -97,7 +97,9 @@ class MemoryTransport:
                 if entry.startswith(LEASE_PREFIX):
                     return Fetched(None, False, tuple(tags))
                 if entry.startswith(b"".join(tags) + schema):
-                    return Fetched(entry, False, ())
+                    deadline = self._data[key][1]
+                    left = None if deadline is None else int((deadline - time.monotonic()) * 1000)
+                    return Fetched(entry, False, (), left)
             self._write(key, lease, lease_ttl_ms / 1000)
             return Fetched(None, True, tuple(tags))
 

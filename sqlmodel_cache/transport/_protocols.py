@@ -38,11 +38,14 @@ class Fetched(NamedTuple):
             caller's lease: only then may the caller ``fill`` it.
         tags: the current value of every tag key, in order (missing tags were created).
             Empty when ``entry`` is returned.
+        expires_in_ms: with an entry, the milliseconds it has left when the transport
+            knows (the near cache keeps its copy no longer); ``None`` otherwise.
     """
 
     entry: bytes | None
     leased: bool
     tags: tuple[bytes, ...]
+    expires_in_ms: int | None = None
 
 
 @runtime_checkable

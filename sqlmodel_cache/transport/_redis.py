@@ -97,7 +97,8 @@ def _queue_invalidation(
 def _parse_fetch(reply: Sequence[Any]) -> Fetched:
     entry = reply[0]
     if entry:
-        return Fetched(bytes(entry), False, ())
+        expires_in_ms = int(reply[1]) if len(reply) > 1 else None
+        return Fetched(bytes(entry), False, (), expires_in_ms)
     return Fetched(None, bool(reply[1]), tuple(bytes(tag) for tag in reply[2:]))
 
 

@@ -27,6 +27,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -158,8 +159,9 @@ class Tracker:
             invalidations may have been lost (the argument says why).
         on_ready: called when tracking (re)starts, before the near cache serves again.
         lock: the near cache's lock; every callback runs holding it.
-        heartbeat: seconds between two PINGs; a connection silent for three heartbeats
-            counts as lost.
+        heartbeat: seconds between two PINGs; a connection that has not answered a PING
+            sent within the last three heartbeats counts as lost (silent, or so slow
+            that invalidations arrive late).
     """
 
     def __init__(
@@ -184,8 +186,11 @@ class Tracker:
         self._sock: socket.socket | None = None
         self._poll: select.poll | None = None
         self._buffer = bytearray()
-        self._last_seen = 0.0
         self._last_ping = 0.0
+        # When the newest answered PING was sent: everything the server pushed before
+        # then has arrived. Send times of the PINGs not answered yet, oldest first.
+        self._heard_at = 0.0
+        self._pings: deque[float] = deque()
         self._stopped = threading.Event()
         # The thread sleeps in select() on this pair too, so close() and a lost connection
         # wake it at once instead of after a timeout.
@@ -208,9 +213,10 @@ class Tracker:
         poll = self._poll
         if poll is not None and poll.poll(0):
             self._drain()
-        if self.live and time.monotonic() - self._last_seen > self.max_silence:
+        if self.live and time.monotonic() - self._heard_at > self.max_silence:
             self._lose("the tracking connection went silent")
-        return self.live
+        # A push whose end has not arrived yet may name a key about to be served.
+        return self.live and not self._buffer
 
     def close(self) -> None:
         self._stopped.set()
@@ -244,8 +250,9 @@ class Tracker:
                 now = time.monotonic()
                 if self._sock is not None and now - self._last_ping >= self.heartbeat:
                     self._send(command("PING"))
+                    self._pings.append(now)
                     self._last_ping = now
-                if self.live and now - self._last_seen > self.max_silence:
+                if self.live and now - self._heard_at > self.max_silence:
                     self._lose("the tracking connection went silent")
 
     def _sleep(self, seconds: float, sock: socket.socket | None = None) -> bool:
@@ -291,7 +298,8 @@ class Tracker:
             self._poll = select.poll()
             self._poll.register(sock, select.POLLIN | select.POLLPRI)
             self._buffer = bytearray(pushed)
-            self._last_seen = self._last_ping = time.monotonic()
+            self._heard_at = self._last_ping = time.monotonic()
+            self._pings.clear()
             self._on_ready()
             self.live = True
             self._dispatch()
@@ -317,7 +325,6 @@ class Tracker:
                 self._lose("the tracking connection was closed")
                 return
             self._buffer += chunk
-            self._last_seen = time.monotonic()
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -343,6 +350,8 @@ class Tracker:
                     self._on_flush("the server flushed its keys")
                 else:
                     self._on_keys(keys)
+        elif value == b"PONG":
+            self._heard_at = self._pings.popleft() if self._pings else time.monotonic()
         elif isinstance(value, ProtocolError):
             raise value
 

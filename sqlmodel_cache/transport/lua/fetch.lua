@@ -7,7 +7,8 @@
 -- ARGV[4]      lease lifetime in milliseconds
 -- ARGV[5..m]   tag values the caller already read (Redis Cluster: tags in other slots);
 --              they come first, before the tags of KEYS[2..n]
--- Returns {entry} on a hit, {false, leased (0/1), tag_1, ..., tag_n} otherwise.
+-- Returns {entry, milliseconds it has left} on a hit,
+--         {false, leased (0/1), tag_1, ..., tag_n} otherwise.
 local tags = {}
 for i = 5, #ARGV do
   tags[#tags + 1] = ARGV[i]
@@ -28,7 +29,7 @@ if entry then
   end
   local want = table.concat(tags) .. ARGV[1]
   if string.sub(entry, 1, #want) == want then
-    return {entry}
+    return {entry, redis.call('PTTL', KEYS[1])}
   end
 end
 -- empty or outdated: whoever fills must hold this lease when the fill arrives
