@@ -191,8 +191,12 @@ class SQLModelCache:
         * ``lease_waits``, ``lease_wait_timeouts`` (stampede control);
         * ``invalidations``: commits and manual invalidations of the model's table;
         * ``errors``: failed or undecodable reads;
+        * with a near cache: ``l1_hits``, ``l1_misses`` (``query_l1_hits``,
+          ``query_l1_misses``): reads it answered or sent on to Redis;
         * under ``"*"``: ``invalidations`` (keys), ``invalidation_errors``,
-          ``circuit_opened``.
+          ``circuit_opened``; with a near cache, ``l1_invalidations`` (copies dropped on
+          the server's word), ``l1_flushes`` (emptied while holding copies),
+          ``l1_evictions`` (dropped for room).
 
         Empty when not configured.
         """
