@@ -53,9 +53,10 @@ class NearCache:
         max_entries: the most entries (rows, query results and the tags they carry) kept;
             past it the least recently used go.
         max_bytes: the most bytes kept, counting keys, values and per-entry overhead.
-        heartbeat: seconds between two pings on the tracking connection; a connection
-            silent for three heartbeats is treated as lost (the near cache is flushed and
-            bypassed until it is back).
+        heartbeat: seconds between two pings on the tracking connection; when no ping
+            sent in the last three heartbeats has been answered, the connection is treated
+            as lost (the near cache is flushed and bypassed until it is back). Keep it well
+            above the round trip to Redis.
     """
 
     max_entries: int = 10_000
@@ -81,11 +82,12 @@ class NearCache:
 
 
 class _Ticket:
-    __slots__ = ("__weakref__", "cancelled", "keys")
+    __slots__ = ("__weakref__", "cancelled", "keys", "started")
 
     def __init__(self, keys: frozenset[str]) -> None:
         self.keys = keys
         self.cancelled = False
+        self.started = time.monotonic()
 
 
 class NearStore:
@@ -174,7 +176,8 @@ class NearStore:
                 return  # no entry, or no TTL to bound the copy by
             if not self.tracker.fresh() or ticket.cancelled:
                 return
-            deadline = time.monotonic() + expires_in_ms / 1000
+            # From before the request: the copy never outlives the entry it copies.
+            deadline = ticket.started + expires_in_ms / 1000
             size = _keys.TAG_SIZE
             self._put(key, entry, deadline)
             for index, tag_key in enumerate(tag_keys):  # tags never expire in Redis either
