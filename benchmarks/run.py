@@ -5,8 +5,8 @@ SQLAlchemy 2.0 + sqlmodel-cache 0.1.1 with exactly the same package versions), p
 to CPU 0 so that everything it starts inherits the pin, starts real Redis and PostgreSQL
 servers, and one long-lived worker process per variant (``scenarios.VARIANTS``). Then, round
 after round, it runs one batch of every scenario in every variant that has it, variant after
-variant, so drift hits all variants alike. It prints tables and the issue-6 targets, and
-writes JSON and Markdown to ``benchmarks/results/``.
+variant, so drift hits all variants alike. It prints tables and the targets of issues 6
+(the cache) and 7 (the near cache), and writes JSON and Markdown to ``benchmarks/results/``.
 
 Exit status: 1 when any scenario failed (a worker error, a "hit" that ran SQL, wrong rows),
 or, under ``CI=true``, when a server could not be started. Targets never fail the run.
@@ -194,6 +194,8 @@ class Series:
     trips: list[int] = field(default_factory=list)
     statements: list[int] = field(default_factory=list)
     error: str | None = None
+    #: Batches run a second time, and why (the near cache lost its tracking connection).
+    retried: list[str] = field(default_factory=list)
 
     def round_medians(self) -> list[float]:
         return [median(batch) / 1000 for batch in self.rounds]
@@ -210,6 +212,7 @@ class Series:
             "trips_max": max(self.trips) if self.trips else None,
             "statements_median": median(self.statements) if self.statements else None,
             "error": self.error,
+            "retried": self.retried,
         }
 
 
@@ -285,6 +288,7 @@ def measure(
                     one.rounds.append(reply["times_ns"])
                     one.trips.extend(reply["trips"])
                     one.statements.extend(reply["statements"])
+                    one.retried.extend(f"round {r + 1}: {why}" for why in reply["retried"])
         print(f"round {r + 1}/{rounds} in {time.monotonic() - started:.0f} s", flush=True)
     return series
 
@@ -295,9 +299,15 @@ def measure(
 class Report:
     """Figures derived from the measured series."""
 
-    def __init__(self, series: dict[Key, Series], memory: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        series: dict[Key, Series],
+        memory: dict[str, dict[str, Any]],
+        near_memory: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.series = series
         self.memory = memory
+        self.near_memory = near_memory or {}
 
     def measured(self, key: Key) -> Series | None:
         found = self.series.get(key)
@@ -398,8 +408,13 @@ def label(db: str, api: str, op: str) -> str:
     return f"{db} {api} {LABELS[op]}"
 
 
+#: The near cache's columns: (variant, transport it fronts).
+NEAR_COLUMNS = (("near", "redis"), ("near@2.0", "redis"))
+
+
 def times_table(report: Report, markdown: bool) -> str:
     columns = [(v, t) for t in TRANSPORTS for v in ("ours", "ours@2.0", "peer")]
+    columns += NEAR_COLUMNS
     rows = [
         [label(*k), report.cell("uncached", uncached(*k))]
         + [report.cell(v, cached(*k, t)) for v, t in columns]
@@ -422,10 +437,20 @@ def ratios_table(report: Report, markdown: bool) -> str:
             row.append("n/a" if op in PEER_NA else fmt_ratio(ratio))
         get = ("uncached", f"{api}.redis_get")
         row.append(fmt_ratio(report.ratio(("ours", cached(*k, "redis")), get)))
+        near = ("near", cached(*k, "redis"))
+        row.append(fmt_ratio(report.ratio(near, base)))
+        row.append(fmt_ratio(report.ratio(near, ("ours", cached(*k, "memory")))))
+        row.append(fmt_ratio(report.ratio(near, ("ours", cached(*k, "redis")))))
+        peer = ("peer", cached(*k, "redis"))
+        row.append(fmt_ratio(report.ratio(("near@2.0", cached(*k, "redis")), peer)))
         rows.append(row)
     headers = ["ratio (< 1: ours faster)", "ours/uncached memory", "ours/uncached redis"]
     headers += ["ours/peer memory", "ours/peer redis", "ours/raw GET redis"]
-    title = "Ratios: median over rounds of per-round medians (ours/peer: both on SQLAlchemy 2.0)"
+    headers += ["near/uncached", "near/ours memory", "near/ours redis", "near/peer redis"]
+    title = (
+        "Ratios: median over rounds of per-round medians "
+        "(ours/peer and near/peer: both on SQLAlchemy 2.0)"
+    )
     return table(title, headers, rows, markdown)
 
 
@@ -442,14 +467,14 @@ def trips_table(report: Report, markdown: bool) -> str:
     """Round trips do not depend on the database: show PostgreSQL's, else SQLite's."""
     pg = any(report.measured(("ours", cached("pg", api, "get_hit", "redis"))) for api in APIS)
     db = "pg" if pg else "sqlite"
+    variants = ("ours", "ours@2.0", "peer", "near")
     rows = [
-        [f"{api} {LABELS[op]}"]
-        + [report.trips(v, cached(db, api, op, "redis")) for v in ("ours", "ours@2.0", "peer")]
+        [f"{api} {LABELS[op]}"] + [report.trips(v, cached(db, api, op, "redis")) for v in variants]
         for api in APIS
         for op in CACHED_OPS
     ]
     title = f"Cache round trips per operation (Redis requests sent; {db}; min-max)"
-    return table(title, ["operation", "ours", "ours@2.0", "peer"], rows, markdown)
+    return table(title, ["operation", *variants], rows, markdown)
 
 
 def memory_table(report: Report, markdown: bool) -> str:
@@ -471,9 +496,39 @@ def memory_table(report: Report, markdown: bool) -> str:
     return table(title, headers, rows, markdown)
 
 
+def near_memory_table(report: Report, markdown: bool) -> str:
+    rows = [
+        [
+            variant,
+            str(m["rows"]),
+            str(m["entries"]),
+            fmt(m["value_bytes_per_row"]),
+            fmt(m["key_chars_per_row"]),
+            fmt(m["accounted_per_entry"]),
+            fmt(m["measured_per_entry"]),
+            fmt_ratio(m["accounted_over_measured"]),
+        ]
+        for variant, m in report.near_memory.items()
+    ]
+    headers = ["variant", "rows", "entries", "value B", "key chars", "accounted B/entry"]
+    headers += ["tracemalloc B/entry", "accounted/tracemalloc"]
+    title = (
+        "Near cache memory per entry (every row cached by get(); accounted: NearStore.size(), "
+        "tracemalloc: freed when emptied)"
+    )
+    return table(title, headers, rows, markdown)
+
+
 def render(report: Report, markdown: bool) -> str:
     """Every table of the report, as aligned text or as Markdown."""
-    tables = (times_table, ratios_table, baselines_table, trips_table, memory_table)
+    tables = (
+        times_table,
+        ratios_table,
+        baselines_table,
+        trips_table,
+        memory_table,
+        near_memory_table,
+    )
     text = "\n".join(text for text in (t(report, markdown) for t in tables) if text)
     if "n/a" in text:
         text += f"\nn/a: {PEER_NA_REASON}\n"
@@ -487,9 +542,12 @@ def render_targets(report: Report, markdown: bool) -> tuple[str, list[dict[str, 
         value = report.target(target)
         verdict = "n/a" if value is None else ("PASS" if value <= target.limit + 1e-9 else "MISS")
         found.append({"target": target.text, "value": value, "limit": target.limit})
-        found[-1]["verdict"] = verdict
+        found[-1].update(verdict=verdict, issue=target.issue)
         rows.append([target.text, verdict, fmt_ratio(value), f"{target.limit:.2f}"])
-    title = "Targets (issue 6; read, never asserted): met when value <= limit"
+    title = (
+        "Targets (issue 6: the cache, issue 7: the near cache; read, never asserted): "
+        "met when value <= limit"
+    )
     if markdown:
         return table(title, ["target", "", "value", "limit"], rows, markdown), found
     lines = [f"{v:4}  {value:>6} (limit {limit})  {text}" for text, v, value, limit in rows]
@@ -594,15 +652,23 @@ def start_workers(
     return workers, versions
 
 
-def measure_memory(workers: dict[str, Worker], errors: dict[str, str]) -> dict[str, Any]:
-    memory = {}
-    for variant in ("ours", "ours@2.0", "peer"):
+def measure_memory(
+    workers: dict[str, Worker], errors: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bytes per cached row in Redis (per variant), and in the near cache."""
+    memory, near_memory = {}, {}
+    for variant, cmd, found in (
+        ("ours", "memory", memory),
+        ("ours@2.0", "memory", memory),
+        ("peer", "memory", memory),
+        ("near", "near_memory", near_memory),
+    ):
         if variant in workers:
             try:
-                memory[variant] = workers[variant].call(cmd="memory")
+                found[variant] = workers[variant].call(cmd=cmd)
             except WorkerError as exc:
-                errors[f"{variant} memory"] = str(exc)
-    return memory
+                errors[f"{variant} {cmd}"] = str(exc)
+    return memory, near_memory
 
 
 def write_report(
@@ -610,9 +676,10 @@ def write_report(
     document: dict[str, Any],
     series: dict[Key, Series],
     memory: dict[str, Any],
+    near_memory: dict[str, Any],
 ) -> None:
     """Print the tables and targets; write them as Markdown, and everything as JSON."""
-    report = Report(series, memory)
+    report = Report(series, memory, near_memory)
     pin = "pinned to CPU 0" if document["pinned_cpu"] is not None else "NOT pinned"
     header = (
         f"sqlmodel-cache benchmarks: {document['mode']} run, {document['rounds']} round(s), "
@@ -626,7 +693,12 @@ def write_report(
     print("\n" + header + "\n" + render(report, markdown=False) + "\n" + targets_text)
     for line in document["skipped"]:
         print(f"SKIPPED {line}")
+    retried = [f"{v} {s}, {why}" for (v, s), one in series.items() for why in one.retried]
+    for line in retried:
+        print(f"RUN AGAIN {line}")
     markdown = render(report, markdown=True) + "\n" + render_targets(report, markdown=True)[0]
+    if retried:
+        markdown += "\nBatches run again:\n\n" + "".join(f"- {line}\n" for line in retried)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.md").write_text(header.replace("\n", "\n\n", 1) + "\n" + markdown)
     document["results"] = [
@@ -634,6 +706,7 @@ def write_report(
     ]
     document["targets"] = targets
     document["memory"] = memory
+    document["near_memory"] = near_memory
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1))
     print(f"wrote {args.json} and {RESULTS / 'latest.md'}")
@@ -659,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             return profile(workers[args.variant], args.profile, args.iterations)
         series = measure(workers, plan, rounds, args.smoke)
-        memory = measure_memory(workers, errors) if redis_server is not None else {}
+        memory, near_memory = measure_memory(workers, errors) if redis_server else ({}, {})
     except (WorkerError, RuntimeError) as exc:
         print(f"benchmark set-up failed:\n{exc}", file=sys.stderr)
         return 1
@@ -685,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "errors": errors,
     }
-    write_report(args, document, series, memory)
+    write_report(args, document, series, memory, near_memory)
     print(f"{document['mode']} run took {document['duration_s']:.0f} s")
     if errors:
         print(f"{len(errors)} scenario(s) FAILED: {', '.join(errors)}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The benchmark catalogue: every scenario, the variants that run it, and the issue-6 targets.
+"""The benchmark catalogue: every scenario, the variants that run it, and the targets of
+issue 6 (the cache) and issue 7 (the near cache).
 
 Pure data on the standard library: ``run.py`` reads it to plan and report, ``worker.py``
 (which runs in all three virtual environments) reads it to know what a scenario name means.
@@ -90,6 +91,18 @@ CACHED = [
     for transport in TRANSPORTS
 ]
 UNCACHED = [Scenario(op, api, db) for db in DBS for api in APIS for op in UNCACHED_OPS]
+#: What the near cache (an in-process L1 in front of Redis) is measured on: hot reads. Its
+#: scenarios are the Redis scenarios of the same names, run by the ``near`` variants.
+NEAR = [
+    Scenario(op, api, db, "redis")
+    for db in DBS
+    for api, op in (
+        ("sync", "get_hit"),
+        ("async", "get_hit"),
+        ("sync", "select1_hit"),
+        ("sync", "select100_hit"),
+    )
+]
 BASELINES = [Scenario(op, api) for op in BASELINE_OPS for api in APIS]
 SCENARIOS = {scenario.name: scenario for scenario in (*BASELINES, *UNCACHED, *CACHED)}
 
@@ -100,7 +113,8 @@ class Variant:
 
     ``env``: ``main`` (SQLAlchemy 2.1 and this repository), ``sa20`` (SQLAlchemy 2.0 and this
     repository) or ``peer`` (SQLAlchemy 2.0 and sqlmodel-cache 0.1.1; same package versions
-    as ``sa20``). ``mode``: which library the worker configures (``uncached``: none)."""
+    as ``sa20``). ``mode``: which library the worker configures (``uncached``: none;
+    ``near``: this repository with ``NearCache()`` in front of its Redis transports)."""
 
     name: str
     env: str
@@ -115,13 +129,21 @@ VARIANTS = (
     # Peer comparisons run on SQLAlchemy 2.0 on both sides: 0.1.1's async path breaks on 2.1.
     Variant("ours@2.0", "sa20", "ours", _PEER_COMPARABLE),
     Variant("peer", "peer", "peer", _PEER_COMPARABLE),
+    # The near cache over Redis; its peer comparison runs on SQLAlchemy 2.0 too.
+    Variant("near", "main", "near", tuple(NEAR)),
+    Variant(
+        "near@2.0",
+        "sa20",
+        "near",
+        tuple(s for s in NEAR if (s.api, s.op) == ("sync", "get_hit")),
+    ),
 )
 VARIANT_NAMES = tuple(variant.name for variant in VARIANTS)
 
 
 @dataclass(frozen=True)
 class Target:
-    """A target of issue 6, checked by reading the report (never asserted).
+    """A target of issue 6 or 7 (``issue``), checked by reading the report (never asserted).
 
     ``kind``: ``ratio`` = median over rounds of ``num / den``; ``overhead`` = median over
     rounds of ``(num - den) / unit`` (a raw GET: the cost of a round trip); ``trips`` = most
@@ -136,6 +158,7 @@ class Target:
     limit: float
     den: tuple[str, str] | None = None
     unit: tuple[str, str] | None = None
+    issue: int = 6
 
 
 _GET_SYNC = ("uncached", "sync.redis_get")
@@ -230,5 +253,46 @@ TARGETS = (
         "memory",
         ("ours", "value_ratio"),
         1.2,
+    ),
+    # -- issue 7: the near cache ----------------------------------------------------------
+    Target(
+        "near cache: sync get hit (SQLite) <= 1.2x the memory-transport hit",
+        "ratio",
+        ("near", "sqlite.sync.get_hit.redis"),
+        1.2,
+        ("ours", "sqlite.sync.get_hit.memory"),
+        issue=7,
+    ),
+    Target(
+        "near cache: sync get hit (PostgreSQL) <= 1.2x the memory-transport hit",
+        "ratio",
+        ("near", "pg.sync.get_hit.redis"),
+        1.2,
+        ("ours", "pg.sync.get_hit.memory"),
+        issue=7,
+    ),
+    Target(
+        "near cache: async get hit (SQLite) <= 1.2x the memory-transport hit",
+        "ratio",
+        ("near", "sqlite.async.get_hit.redis"),
+        1.2,
+        ("ours", "sqlite.async.get_hit.memory"),
+        issue=7,
+    ),
+    Target(
+        "near cache: sync get hit >= 5x faster than 0.1.1's Redis hit (near@2.0 / peer)",
+        "ratio",
+        ("near@2.0", "sqlite.sync.get_hit.redis"),
+        1 / 5,
+        ("peer", "sqlite.sync.get_hit.redis"),
+        issue=7,
+    ),
+    Target(
+        "near cache: hot 100-row select hit >= 20x faster than uncached on PostgreSQL",
+        "ratio",
+        ("near", "pg.sync.select100_hit.redis"),
+        1 / 20,
+        ("uncached", "pg.sync.select100"),
+        issue=7,
     ),
 )

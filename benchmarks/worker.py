@@ -1,14 +1,18 @@
 """A benchmark worker: runs scenarios in one virtual environment, driven by ``run.py``.
 
 ``python worker.py MODE`` with MODE ``uncached`` (SQLModel alone), ``ours`` (this repository's
-sqlmodel-cache) or ``peer`` (sqlmodel-cache 0.1.1). It speaks one JSON object per line:
+sqlmodel-cache), ``near`` (the same with ``NearCache()`` in front of its Redis transports) or
+``peer`` (sqlmodel-cache 0.1.1). It speaks one JSON object per line:
 
 * ``{"cmd": "setup", "redis_url": ..., "redis_db": 3, "pg": "127.0.0.1:5432", "pg_db": ...}``
   -> ``{"versions": {...}}``: connects, creates and fills the tables (servers may be null).
 * ``{"cmd": "run", "scenario": NAME, "n": 100}`` -> ``{"times_ns": [...], "trips": [...],
-  "statements": [...]}``: per operation, its duration, the requests its Redis clients sent
-  (round trips) and the SQL statements its engines ran.
+  "statements": [...], "retried": [...]}``: per operation, its duration, the requests its
+  Redis clients sent (round trips) and the SQL statements its engines ran; why the batch
+  was run a second time, if it was (near cache).
 * ``{"cmd": "memory"}`` -> bytes stored in Redis per cached row, against their JSON.
+* ``{"cmd": "near_memory"}`` (``near``) -> bytes the near cache holds per cached row: its own
+  accounting, and what tracemalloc sees freed when it is emptied.
 * ``{"cmd": "profile", "scenario": NAME, "n": 100, "out": PATH}`` -> a pyinstrument report.
 
 Any failure answers ``{"error": traceback}``. Protocol lines go to the original stdout;
@@ -29,6 +33,7 @@ import os
 import sys
 import time
 import traceback
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,6 +57,13 @@ BIO = (
 )
 RAW_VALUE = b"x" * 200
 RAW_KEY = "bench:raw"
+#: The near variants' key prefix: the server's tracking is not per database, so with the
+#: default prefix they would be sent the other workers' invalidations too.
+NEAR_PREFIX = "bench-near"
+#: How long the near cache may take to start tracking after ``configure()``.
+TRACKING_TIMEOUT = 5.0
+#: Seconds the near-cache warm-up waits for the server's invalidations of its own fills.
+NEAR_SETTLE = 0.05
 
 
 class Counters:
@@ -80,6 +92,8 @@ class Recorder:
         self.times_ns: list[int] = []
         self.trips: list[int] = []
         self.statements: list[int] = []
+        #: Why the batch was run again (near cache: the tracking connection was lost).
+        self.retried: list[str] = []
 
     def start(self) -> None:
         self._trips, self._statements = Counters.trips, Counters.statements
@@ -267,13 +281,40 @@ class Bench:
     # -- the cache as a scenario needs it ------------------------------------------------
 
     def use(self, scenario: Scenario) -> None:
-        """Configure the library with the scenario's transport (Redis: sync or asyncio)."""
+        """Configure the library with the scenario's transport (Redis: sync or asyncio);
+        the ``near`` mode puts a near cache in front of it, and waits until it tracks."""
         if self.lib is None or not scenario.transport:
             return
         wanted = (scenario.transport, scenario.api)
-        if self.configured != wanted:
-            self.lib.SQLModelCache.configure(transport=self.transports[wanted], default_ttl=600)
+        if self.configured == wanted:
+            return
+        transport = self.transports[wanted]
+        if self.mode != "near":
+            self.lib.SQLModelCache.configure(transport=transport, default_ttl=600)
             self.configured = wanted
+            return
+        self.lib.SQLModelCache.configure(
+            transport=transport,
+            default_ttl=600,
+            key_prefix=NEAR_PREFIX,
+            near_cache=self.lib.NearCache(),
+        )
+        self.configured = wanted
+        self.wait_for_tracking()
+
+    def wait_for_tracking(self) -> None:
+        """Until the near cache tracks the server: before that, it keeps nothing."""
+        deadline = time.monotonic() + TRACKING_TIMEOUT
+        while not self.near_store().tracker.live:
+            check(time.monotonic() < deadline, "the near cache did not start tracking")
+            time.sleep(0.001)
+
+    def near_store(self) -> Any:
+        from sqlmodel_cache import _state
+
+        near = _state.runtime.driver.near if _state.runtime is not None else None
+        check(near is not None, "the near cache is not configured")
+        return near
 
     def forget(self, scenario: Scenario, pk: int) -> None:
         """Untimed, before a miss: drop the entry (ours: the public invalidation API)."""
@@ -423,14 +464,47 @@ class Bench:
 
     def run(self, scenario: Scenario, n: int) -> Recorder:
         """``n`` timed operations, after untimed warm-up: every key once for a hit (so each
-        timed operation is a hit), one operation otherwise (lazy set-up of any kind)."""
+        timed operation is a hit), one operation otherwise (lazy set-up of any kind).
+
+        A near-cache hit needs more: an entry is kept in this process from the second read
+        from Redis on (the server's invalidation of the first read's fill would drop it), so
+        the near mode reads every key twice, waits for those invalidations to arrive, and
+        reads every key once more; each timed hit must then send nothing to Redis. A batch
+        in which the near cache was emptied because its tracking connection was lost (or
+        went silent: a heavily loaded machine) is run once more, and says so
+        (``Recorder.retried``); near hits that went to Redis without that fail it."""
         self.use(scenario)
+        if self.mode != "near" or scenario.state != "hit":
+            return self._batch(scenario, n)
+        flushes = self._l1_flushes()
+        rec = self._batch(scenario, n)
+        if any(rec.trips) and self._l1_flushes() > flushes:
+            missed = sum(1 for trips in rec.trips if trips)
+            reason = f"{missed} of {n} hits went to Redis: the near cache was flushed"
+            print(f"{scenario.name}: batch run again, {reason}", file=sys.stderr, flush=True)
+            self.wait_for_tracking()
+            rec = self._batch(scenario, n)
+            rec.retried.append(reason)
+        missed = sum(1 for trips in rec.trips if trips)
+        check(not missed, f"{scenario.name}: {missed} of {n} near-cache hits went to Redis")
+        return rec
+
+    def _l1_flushes(self) -> int:
+        flushes: int = self.lib.SQLModelCache.stats().get("*", {}).get("l1_flushes", 0)
+        return flushes
+
+    def _batch(self, scenario: Scenario, n: int) -> Recorder:
         warm_up = KEYS if scenario.state == "hit" else 1
+        near = self.mode == "near" and scenario.state == "hit"
+        passes = 3 if near else 1
         rec = Recorder()
         if scenario.api == "sync":
             op: Callable[[Scenario, int, Recorder], None] = getattr(self, f"op_{scenario.base}")
-            for i in range(warm_up):
-                op(scenario, i, Recorder())
+            for p in range(passes):
+                if near and p == passes - 1:
+                    time.sleep(NEAR_SETTLE)
+                for i in range(warm_up):
+                    op(scenario, i, Recorder())
             gc.collect()
             for i in range(n):
                 op(scenario, i, rec)
@@ -440,8 +514,11 @@ class Bench:
             )
 
             async def batch() -> None:
-                for i in range(warm_up):
-                    await aop(scenario, i, Recorder())
+                for p in range(passes):
+                    if near and p == passes - 1:
+                        await asyncio.sleep(NEAR_SETTLE)
+                    for i in range(warm_up):
+                        await aop(scenario, i, Recorder())
                 gc.collect()
                 for i in range(n):
                     await aop(scenario, i, rec)
@@ -479,6 +556,63 @@ class Bench:
             "memory_usage_ratio": usage / json_bytes,
         }
 
+    def near_memory(self) -> dict[str, Any]:
+        """Cache every row with get() (sync, SQLite) in the near cache; divide what it holds
+        by the rows. Its own accounting (``NearStore.size()``, what ``max_bytes`` is checked
+        against) is compared with what tracemalloc sees freed when the store is emptied:
+        the entries, their keys, and the ordered dict's table and links."""
+        scenario = SCENARIOS["sqlite.sync.get_hit.redis"]
+        self.configured = None  # a new store, empty, and a new tracking connection
+        self.use(scenario)
+        near = self.near_store()
+        pks = range(1, ROWS + 1)
+
+        def read_all() -> list[Any]:
+            found = []
+            for pk in pks:
+                with Session(self.sync_engines["sqlite"]) as session:
+                    found.append(session.get(self.Hero, pk))
+            return found
+
+        read_all()  # fills Redis (where the previous runs had not)
+        time.sleep(NEAR_SETTLE)  # the server's invalidations of those fills
+        near.flush("benchmark: measuring from empty")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            trips = Counters.trips
+            read_all()  # every row from Redis, each kept in the near cache
+            check(Counters.trips - trips == ROWS, "near memory: rows were not read from Redis")
+            gc.collect()
+            entries, accounted = near.size()
+            full = tracemalloc.get_traced_memory()[0]
+            # Values are the entry bytes, or (entry bytes, expiry) tuples.
+            values = [
+                len(v[0] if isinstance(v, tuple) else v)
+                for k, v in near._data.items()
+                if ":r:" in k
+            ]
+            keys = [len(k) for k in near._data if ":r:" in k]
+            near.flush("benchmark: measured")
+            gc.collect()
+            empty = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        check(len(values) == ROWS, f"near memory: {len(values)} rows kept of {ROWS}")
+        from sqlmodel_cache._near import ENTRY_OVERHEAD
+
+        return {
+            "rows": ROWS,
+            "entries": entries,
+            "accounted_bytes": accounted,
+            "accounted_per_entry": accounted / entries,
+            "measured_per_entry": (full - empty) / entries,
+            "accounted_over_measured": accounted / (full - empty),
+            "value_bytes_per_row": sum(values) / len(values),
+            "key_chars_per_row": sum(keys) / len(keys),
+            "entry_overhead": ENTRY_OVERHEAD,
+        }
+
     def profile(self, scenario: Scenario, n: int, out: str) -> dict[str, Any]:
         try:
             from pyinstrument import Profiler
@@ -506,9 +640,12 @@ def handle(bench: Bench | None, mode: str, msg: dict[str, Any]) -> tuple[Bench |
         raise BenchError("setup first")
     if cmd == "run":
         rec = bench.run(SCENARIOS[msg["scenario"]], msg["n"])
-        return bench, {"times_ns": rec.times_ns, "trips": rec.trips, "statements": rec.statements}
+        reply = {"times_ns": rec.times_ns, "trips": rec.trips, "statements": rec.statements}
+        return bench, {**reply, "retried": rec.retried}
     if cmd == "memory":
         return bench, bench.memory_usage()
+    if cmd == "near_memory":
+        return bench, bench.near_memory()
     if cmd == "profile":
         return bench, bench.profile(SCENARIOS[msg["scenario"]], msg["n"], msg["out"])
     raise BenchError(f"unknown command {cmd!r}")

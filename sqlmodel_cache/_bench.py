@@ -7,6 +7,11 @@ dropped and the prefix's keys removed at the end, also when something fails.
 
 Like the demo, it checks its own claims: a "hit" that sends SQL, or a "miss" that does not
 read the database exactly once, stops the bench with an error instead of a wrong number.
+
+With ``near_cache`` (Redis only), the hits are timed once more with a ``NearCache`` in
+front of Redis, after the other scenarios: every key is read twice and given time for the
+server's invalidations of its own fills, so that each timed read is answered in-process;
+one that is not (it went to Redis) stops the bench too.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from sqlmodel_cache import _state
 from sqlmodel_cache._admin import CommandError, connect, prefix_pattern, redact, unlink_matching
 from sqlmodel_cache._api import SQLModelCache
 from sqlmodel_cache._config import CacheConfig
+from sqlmodel_cache._near import NearCache
 from sqlmodel_cache.transport import MemoryTransport, RedisSyncTransport
 
 #: (key, label, baseline key): the scenarios in the order they are shown. Keys are stable:
@@ -44,9 +51,39 @@ SCENARIOS: tuple[tuple[str, str, str | None], ...] = (
     ("commit_invalidating", "UPDATE + commit, invalidating", "commit_uncached"),
 )
 
+#: With ``near_cache``: the hits again, served by the near cache; each is shown after the
+#: Redis hit of the same read (``NEAR_AFTER``) and compared with the same baseline.
+NEAR_SCENARIOS: tuple[tuple[str, str, str | None], ...] = (
+    ("get_near_hit", "session.get, near cache hit", "get_uncached"),
+    ("select_1_near_hit", "select() 1 row, near cache hit", "select_1_uncached"),
+    ("select_100_near_hit", "select() 100 rows, near cache hit", "select_100_uncached"),
+)
+NEAR_AFTER = {
+    "get_hit": "get_near_hit",
+    "select_1_hit": "select_1_near_hit",
+    "select_100_hit": "select_100_near_hit",
+}
+
 #: The 100-row select needs that many rows.
 MIN_ROWS = 100
 _TTL = 300
+#: Seconds for the server's invalidations of the warm-up's own fills to arrive, and for the
+#: near cache's tracking connection to start.
+_NEAR_SETTLE = 0.05
+_TRACKING_TIMEOUT = 5.0
+
+
+def scenarios(near_cache: bool = False) -> tuple[tuple[str, str, str | None], ...]:
+    """The scenarios a run measures, in the order they are shown."""
+    if not near_cache:
+        return SCENARIOS
+    shown: list[tuple[str, str, str | None]] = []
+    near = {scenario[0]: scenario for scenario in NEAR_SCENARIOS}
+    for scenario in SCENARIOS:
+        shown.append(scenario)
+        if scenario[0] in NEAR_AFTER:
+            shown.append(near[NEAR_AFTER[scenario[0]]])
+    return tuple(shown)
 
 
 @dataclass(frozen=True)
@@ -74,11 +111,19 @@ class BenchReport:
     rows: int
     reads: int
     timings: dict[str, Timing]
+    near_cache: bool = False
 
-    def speedup(self, key: str) -> float | None:
+    @property
+    def scenarios(self) -> tuple[tuple[str, str, str | None], ...]:
+        """What was measured, in the order it is shown: :data:`SCENARIOS`, and with the
+        near cache :data:`NEAR_SCENARIOS` after the Redis hits."""
+        return scenarios(self.near_cache)
+
+    def speedup(self, key: str, versus: str | None = None) -> float | None:
         """Baseline median / this scenario's median: above 1 is faster than without the
-        cache, below 1 slower. ``None`` for the baselines themselves."""
-        baseline = next(base for name, _, base in SCENARIOS if name == key)
+        cache, below 1 slower. ``None`` for the baselines themselves. ``versus``: compare
+        with that scenario instead of the baseline (a near cache hit with the Redis hit)."""
+        baseline = versus or next(base for name, _, base in self.scenarios if name == key)
         if baseline is None:
             return None
         return self.timings[baseline].median_us / max(self.timings[key].median_us, 0.001)
@@ -90,6 +135,7 @@ class BenchReport:
             "table": self.table,
             "rows": self.rows,
             "reads": self.reads,
+            "near_cache": self.near_cache,
             "scenarios": {
                 key: {
                     "label": label,
@@ -99,7 +145,7 @@ class BenchReport:
                     "baseline": baseline,
                     "speedup": None if baseline is None else round(self.speedup(key) or 0, 3),
                 }
-                for key, label, baseline in SCENARIOS
+                for key, label, baseline in self.scenarios
             },
         }
 
@@ -250,6 +296,82 @@ class _Runner:
             )
         return timings
 
+    def near_cached(self) -> dict[str, Timing]:
+        """The hits again, with the near cache configured (by the caller). An entry is kept
+        in this process from its second read from Redis on (the server's invalidation of a
+        fill drops what was kept before it arrived), so every key of a scenario is read
+        twice, with a pause for those invalidations, before its timed reads; each of those
+        must then be answered by the near cache."""
+        pks = sorted({i % self.rows + 1 for i in range(self.reads)})
+
+        def warm(make: Callable[[int], Callable[[Session], object]], keys: list[int]) -> None:
+            for _ in range(2):
+                for pk in keys:
+                    self.timed(make(pk))
+                time.sleep(_NEAR_SETTLE)
+
+        def near_hit(action: Callable[[Session], object]) -> int:
+            """One timed read that the near cache answers. If it went to Redis because
+            the near cache was just emptied (its tracking connection was lost, or went
+            silent on a loaded machine), it is timed again once tracking is back."""
+            for attempt in (1, 2):
+                hits, flushes = _near_counts()
+                elapsed = self.timed(action, expect_sql=0)
+                hits_after, flushes_after = _near_counts()
+                if hits_after == hits + 1:
+                    return elapsed
+                if attempt == 2 or flushes_after == flushes:
+                    break
+                _wait_for_tracking()
+                self.timed(action)  # a Redis hit, kept again
+                time.sleep(_NEAR_SETTLE)
+            raise CommandError(
+                "the near cache misbehaved: a hot read went to Redis"
+                + (" (its tracking connection keeps being lost)" if attempt == 2 else "")
+            )
+
+        warm(self.get, pks)
+        get = self.series("get_near_hit", lambda pk: near_hit(self.get(pk)))
+        warm(self.select_one, pks)
+        one = self.series("select_1_near_hit", lambda pk: near_hit(self.select_one(pk)))
+        warm(lambda _: self.select_many(), [0])
+        many = self.series("select_100_near_hit", lambda _: near_hit(self.select_many()))
+        return {"get_near_hit": get, "select_1_near_hit": one, "select_100_near_hit": many}
+
+
+def _near_counts() -> tuple[int, int]:
+    """Reads the near cache answered so far (gets and queries, every model), and the times
+    it was emptied."""
+    stats = SQLModelCache.stats()
+    hits = sum(
+        count
+        for events in stats.values()
+        for event, count in events.items()
+        if event.endswith("l1_hits")
+    )
+    return hits, stats.get("*", {}).get("l1_flushes", 0)
+
+
+def _configure_near_cache(transport: object, prefix: str, keys: int) -> None:
+    """Configure the cache again, with a near cache big enough for ``keys`` rows and as
+    many queries, and wait until it tracks the server (before that it keeps nothing)."""
+    settings = NearCache(max_entries=max(NearCache.max_entries, 2 * keys + 16))
+    SQLModelCache.configure(transport, key_prefix=prefix, near_cache=settings)
+    _wait_for_tracking()
+
+
+def _wait_for_tracking() -> None:
+    runtime = _state.runtime
+    near = runtime.driver.near if runtime is not None else None
+    deadline = time.monotonic() + _TRACKING_TIMEOUT
+    while near is None or not near.tracker.live:
+        if time.monotonic() > deadline:
+            raise CommandError(
+                "the near cache could not track this Redis server (it needs Redis or "
+                "Valkey 6 or later, with CLIENT TRACKING allowed)"
+            )
+        time.sleep(0.005)
+
 
 def run_bench(
     database_url: str,
@@ -259,6 +381,7 @@ def run_bench(
     rows: int = 1000,
     reads: int = 500,
     tick: Callable[[str], None] | None = None,
+    near_cache: bool = False,
 ) -> BenchReport:
     """Run every scenario of :data:`SCENARIOS` ``reads`` times against a scratch table of
     ``rows`` rows in ``database_url``.
@@ -270,12 +393,18 @@ def run_bench(
         rows: rows to seed (at least :data:`MIN_ROWS`).
         reads: timed operations per scenario.
         tick: called with the scenario's key after each timed operation (progress).
+        near_cache: time the hits once more with a ``NearCache`` in front of Redis
+            (:data:`NEAR_SCENARIOS`); needs ``redis_url``, not a cluster.
 
     Raises:
         CommandError: the database or Redis cannot be used, or the cache misbehaved.
     """
     if rows < MIN_ROWS or reads < 1:
         raise CommandError(f"rows must be at least {MIN_ROWS} and reads at least 1")
+    if near_cache and (redis_url is None or cluster):
+        raise CommandError(
+            "the near cache needs --redis-url, a single Redis or Valkey server (not a cluster)"
+        )
     if SQLModelCache.is_configured():
         raise CommandError("bench needs a process in which the cache is not configured")
     suffix = os.urandom(4).hex()
@@ -300,6 +429,8 @@ def run_bench(
             stack.callback(unlink_matching, client, prefix_pattern(prefix))
             transport = RedisSyncTransport(client)
             cache = f"Redis at {redact(redis_url)}, key prefix {prefix!r}"
+            if near_cache:
+                cache += ", then with a near cache"
         try:
             stack.enter_context(_scratch_table(engine, model.__table__))
             with engine.begin() as connection:
@@ -312,6 +443,9 @@ def run_bench(
             SQLModelCache.configure(transport, key_prefix=prefix)
             stack.callback(SQLModelCache.reset)
             timings.update(runner.cached())
+            if near_cache:
+                _configure_near_cache(transport, prefix, min(reads, rows))
+                timings.update(runner.near_cached())
         except (SQLAlchemyError, ImportError) as exc:
             raise CommandError(f"database error: {_first_line(exc)}") from None
         return BenchReport(
@@ -320,6 +454,7 @@ def run_bench(
             table=model.__tablename__,
             rows=rows,
             reads=reads,
-            timings={key: timings[key] for key, _, _ in SCENARIOS},
+            timings={key: timings[key] for key, _, _ in scenarios(near_cache)},
+            near_cache=near_cache,
         )
     raise AssertionError("unreachable")  # mypy: ExitStack may swallow exceptions

@@ -7,7 +7,8 @@
     sqlmodel-cache stats   --redis-url URL [--prefix P] [--json]
     sqlmodel-cache inspect --redis-url URL [--table T] [--sample N] [--show-values] [--json]
     sqlmodel-cache flush   --redis-url URL (--table T... | --model MOD:CLASS... | --all) [--yes]
-    sqlmodel-cache bench   --database-url URL [--redis-url URL] [--rows N] [--reads N] [--json]
+    sqlmodel-cache bench   --database-url URL [--redis-url URL [--near-cache]] [--rows N]
+                           [--reads N] [--json]
 
 This module is the argparse front and the rendering (``rich`` tables when the ``cli`` extra
 is installed, plain text otherwise, JSON with ``--json``). What the commands do to Redis is
@@ -39,7 +40,7 @@ from sqlmodel_cache._admin import (
     redact,
     sample_entries,
 )
-from sqlmodel_cache._bench import MIN_ROWS, SCENARIOS, run_bench
+from sqlmodel_cache._bench import MIN_ROWS, NEAR_AFTER, run_bench, scenarios
 from sqlmodel_cache._errors import ConfigurationError
 
 
@@ -201,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--cluster", action="store_true", help="the Redis URL is a node of a Redis Cluster"
+    )
+    bench.add_argument(
+        "--near-cache",
+        action="store_true",
+        help="also time the hits with a near cache (in-process, invalidated by Redis) in "
+        "front of Redis; needs --redis-url, not --cluster",
     )
     bench.add_argument(
         "--rows",
@@ -542,7 +549,9 @@ def _run_flush(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    with _progress(len(SCENARIOS) * args.reads) as tick:
+    if args.near_cache and (args.redis_url is None or args.cluster):
+        raise CommandError("--near-cache needs --redis-url, and does not work with --cluster")
+    with _progress(len(scenarios(args.near_cache)) * args.reads) as tick:
         report = run_bench(
             args.database_url,
             redis_url=args.redis_url,
@@ -550,6 +559,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             rows=args.rows,
             reads=args.reads,
             tick=tick,
+            near_cache=args.near_cache,
         )
     if args.json:
         _print_json(report.as_dict())
@@ -558,27 +568,34 @@ def _run_bench(args: argparse.Namespace) -> int:
     print(f"cache:    {report.cache}")
     print(f"table:    {report.table} ({report.rows} rows, dropped again)")
 
-    def versus(key: str) -> str:
-        speedup = report.speedup(key)
+    def versus(key: str, other: str | None = None) -> str:
+        speedup = report.speedup(key, other)
         if speedup is None:
             return "baseline"
         if speedup >= 1:
             return f"{speedup:.1f}x faster"
         return f"{1 / speedup:.1f}x slower"
 
+    columns = ["scenario", "median us", "p95 us", "vs uncached"]
+    redis_hit = {near: hit for hit, near in NEAR_AFTER.items()}
+    rows = [
+        [
+            label,
+            f"{report.timings[key].median_us:.1f}",
+            f"{report.timings[key].p95_us:.1f}",
+            versus(key),
+        ]
+        for key, label, _ in report.scenarios
+    ]
+    if report.near_cache:
+        columns.append("vs Redis hit")
+        for row, (key, _, _) in zip(rows, report.scenarios, strict=True):
+            row.append(versus(key, redis_hit[key]) if key in redis_hit else "")
     _table(
         f"{report.reads} timed operations per scenario, each in a new session",
-        ["scenario", "median us", "p95 us", "vs uncached"],
-        [
-            [
-                label,
-                f"{report.timings[key].median_us:.1f}",
-                f"{report.timings[key].p95_us:.1f}",
-                versus(key),
-            ]
-            for key, label, _ in SCENARIOS
-        ],
-        "lrrr",
+        columns,
+        rows,
+        "lrrrr"[: len(columns)],
     )
     return 0
 

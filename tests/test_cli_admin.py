@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 
 from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache._admin import decode_entry, parse_key
-from sqlmodel_cache._bench import SCENARIOS
+from sqlmodel_cache._bench import NEAR_SCENARIOS, SCENARIOS, scenarios
 from sqlmodel_cache.cli import main
 from sqlmodel_cache.transport import RedisSyncTransport
 from tests import servers
@@ -499,7 +499,8 @@ def _run_bench(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]
     """Run a small bench with ``--json``; check every scenario is there, and return it."""
     assert main(["bench", "--rows", "100", "--reads", "5", "--json", *args]) == 0
     report = _json(capsys)
-    assert list(report["scenarios"]) == [key for key, _, _ in SCENARIOS]
+    expected = scenarios(near_cache="--near-cache" in args)
+    assert list(report["scenarios"]) == [key for key, _, _ in expected]
     for scenario in report["scenarios"].values():
         assert scenario["samples"] == 5
         assert 0 < scenario["median_us"] <= scenario["p95_us"]
@@ -552,6 +553,91 @@ def test_bench_on_postgres_with_redis_cleans_up(
         assert list(client.scan_iter(match="sqlmodelcache-bench-*")) == []
     finally:
         client.close()
+
+
+@pytest.mark.redis
+def test_bench_with_a_near_cache_times_near_hits_next_to_the_redis_hits(
+    tmp_path: Any,
+    redis_server: servers.RedisServer,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """--near-cache adds a near cache hit after each Redis hit (each one checked to be
+    answered in-process), compared with the uncached read and with the Redis hit; the
+    keys are removed and the cache left unconfigured as without it."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    args = ("--database-url", url, "--redis-url", redis_server.url, "--near-cache")
+    client = redis.Redis.from_url(redis_server.url)
+    request.addfinalizer(client.close)
+
+    def tracking() -> set[str]:
+        return {c["id"] for c in client.client_list() if "t" in c["flags"]}
+
+    tracking_before = tracking()
+    report = _run_bench(capsys, *args)
+    assert report["near_cache"] is True
+    assert report["cache"].endswith("then with a near cache")
+    keys = list(report["scenarios"])
+    for near_key, _, baseline in NEAR_SCENARIOS:
+        redis_key = near_key.replace("_near_hit", "_hit")
+        assert keys.index(near_key) == keys.index(redis_key) + 1
+        assert report["scenarios"][near_key]["baseline"] == baseline
+    assert not SQLModelCache.is_configured()
+    assert list(client.scan_iter(match="sqlmodelcache-bench-*")) == []
+    assert tracking() <= tracking_before  # the near cache's tracking connection is closed
+
+    assert main(["bench", *args, "--rows", "100", "--reads", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "vs Redis hit" in out
+    for _, label, _ in scenarios(near_cache=True):
+        assert label in out
+    near_lines = [line for line in out.splitlines() if "near cache hit" in line]
+    assert len(near_lines) == 3
+    assert all(line.count("faster") + line.count("slower") == 2 for line in near_lines)
+
+
+@pytest.mark.redis
+def test_bench_stops_when_the_near_cache_does_not_answer_hot_reads(
+    tmp_path: Any,
+    redis_server: servers.RedisServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A near cache hit that went to Redis (here: a near cache that never answers) is a
+    one-line error, not a Redis hit timed as a near cache hit; the table and keys go."""
+    from sqlmodel_cache._near import NearStore
+
+    monkeypatch.setattr(NearStore, "lookup", lambda self, *args: None)
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    args = ["--database-url", url, "--redis-url", redis_server.url, "--near-cache"]
+    assert main(["bench", *args, "--rows", "100", "--reads", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: the near cache misbehaved: a hot read went to Redis\n"
+    assert _bench_tables(url) == []
+    assert not SQLModelCache.is_configured()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert list(client.scan_iter(match="sqlmodelcache-bench-*")) == []
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--database-url", "sqlite://"), ("--database-url", "sqlite://", "--cluster")],
+    ids=["without-redis", "cluster"],
+)
+def test_bench_near_cache_needs_a_single_redis(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """--near-cache without --redis-url, or with --cluster, is a one-line error before any
+    work is done."""
+    if "--cluster" in args:
+        args = (*args, "--redis-url", "redis://127.0.0.1:1/0")
+    assert main(["bench", *args, "--near-cache", "--rows", "100", "--reads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--near-cache needs --redis-url" in err
 
 
 @pytest.mark.postgres

@@ -6,16 +6,24 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col, select
 
-from sqlmodel_cache import MissingDependencyError, SQLModelCache
-from sqlmodel_cache.transport import MemoryTransport
+from sqlmodel_cache import MissingDependencyError, NearCache, SQLModelCache, _state
+from sqlmodel_cache.integrations._families import samples
+from sqlmodel_cache.transport import MemoryTransport, RedisSyncTransport
+from tests import servers
 from tests.conftest import Env
-from tests.models import Hero, Team
+from tests.models import METADATAS, Hero, Team
 
 SECRET = "s3cr3t-identity"
 
@@ -212,3 +220,138 @@ def test_manual_invalidations_are_counted_per_model(mem_env: Env) -> None:
     after = SQLModelCache.stats()
     assert after["Hero"]["invalidations"] - before["Hero"]["invalidations"] == 3
     assert after["Team"]["invalidations"] - before["Team"]["invalidations"] == 1
+
+
+# -- the near cache's counters ---------------------------------------------------------------
+
+
+def test_near_cache_events_have_families_of_their_own() -> None:
+    grouped = samples(
+        {
+            "Hero": {"l1_hits": 3, "query_l1_hits": 2, "l1_misses": 1, "query_l1_misses": 4},
+            "*": {"l1_evictions": 5, "l1_invalidations": 6, "l1_flushes": 7, "invalidations": 8},
+        }
+    )
+    assert sorted(grouped["l1_hits"], key=str) == [
+        ({"model": "Hero", "kind": "get"}, 3),
+        ({"model": "Hero", "kind": "query"}, 2),
+    ]
+    assert sorted(grouped["l1_misses"], key=str) == [
+        ({"model": "Hero", "kind": "get"}, 1),
+        ({"model": "Hero", "kind": "query"}, 4),
+    ]
+    assert grouped["l1_evictions"] == [({}, 5)]
+    assert grouped["l1_invalidations"] == [({}, 6)]
+    assert grouped["l1_flushes"] == [({}, 7)]
+    assert grouped["invalidated_keys"] == [({}, 8)]
+    assert "events" not in grouped  # nothing of the near cache left in the catch-all
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+#: Long enough for the server's invalidation of our own fill to arrive (loopback).
+SETTLE = 0.05
+
+
+@pytest.mark.redis
+def test_near_cache_counters_are_exported(redis_server: servers.RedisServer) -> None:
+    """Hits and misses per kind, evictions, server invalidations and flushes of a real near
+    cache, through Prometheus and OpenTelemetry alike."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from sqlmodel_cache.integrations.opentelemetry import instrument as otel_instrument
+    from sqlmodel_cache.integrations.prometheus import instrument as prometheus_instrument
+
+    engine = create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
+    for metadata in METADATAS:
+        metadata.create_all(engine)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(redis_server.url)
+    # Three entries: a row and its row tag, then a query and its table tag evict the row.
+    SQLModelCache.configure(
+        RedisSyncTransport.from_url(redis_server.url),
+        key_prefix=prefix,
+        near_cache=NearCache(max_entries=3),
+    )
+    registry = CollectorRegistry()
+    prometheus_instrument(registry)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    otel_instrument(provider)
+    try:
+        with Session(engine) as session:
+            session.add(Hero(id=1, name="Spider", secret_name=SECRET))
+            session.commit()
+        near = _state.runtime.driver.near if _state.runtime is not None else None
+        assert near is not None
+        _wait_for(lambda: near.tracker.live)
+
+        def get(session: Session) -> None:
+            assert session.get(Hero, 1) is not None
+
+        def query(session: Session) -> None:
+            assert session.exec(select(Hero).where(col(Hero.power) >= 0)).all()
+
+        for body in (get, query):
+            # A miss fills Redis; a Redis hit is kept in the near cache; then a near hit.
+            for read in range(3):
+                with Session(engine) as session:
+                    body(session)
+                if read == 0:
+                    time.sleep(SETTLE)
+        assert near.size()[0] == 3
+        # Another process's commit to the table: the server invalidates the table tag.
+        [data_tag] = [k for k in client.scan_iter(f"{prefix}:*") if k.endswith(b":dt")]
+        client.set(data_tag, uuid.uuid4().hex[:16])
+        _wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_invalidations", 0) >= 1)
+        # The tracking connection is lost: the near cache is emptied.
+        with Session(engine) as session:
+            get(session)  # a Redis hit, kept: the near cache holds something to flush
+        assert near.size()[0] > 0
+        for connection in client.client_list():
+            if "t" in connection["flags"]:
+                client.client_kill_filter(_id=connection["id"])
+        _wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_flushes", 0) >= 1)
+
+        stats = SQLModelCache.stats()
+        expected = {
+            ("l1_hits", (("kind", "get"), ("model", "Hero"))): 1,
+            ("l1_hits", (("kind", "query"), ("model", "Hero"))): 1,
+            ("l1_misses", (("kind", "get"), ("model", "Hero"))): stats["Hero"]["l1_misses"],
+            ("l1_misses", (("kind", "query"), ("model", "Hero"))): 2,
+            ("l1_evictions", ()): stats["*"]["l1_evictions"],
+            ("l1_invalidations", ()): stats["*"]["l1_invalidations"],
+            ("l1_flushes", ()): 1,
+        }
+        assert stats["Hero"]["l1_misses"] == 3  # two before the near hit, one after
+        assert stats["*"]["l1_evictions"] >= 1
+        assert stats["*"]["l1_invalidations"] >= 1
+
+        for (name, attributes), value in expected.items():
+            found = registry.get_sample_value(f"sqlmodel_cache_{name}_total", dict(attributes))
+            assert found == value, (name, attributes)
+
+        points: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+        data = reader.get_metrics_data()
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        attributes = tuple(sorted(point.attributes.items()))
+                        points[(metric.name, attributes)] = point.value
+        for (name, attributes), value in expected.items():
+            assert points[(f"sqlmodel_cache.{name}", attributes)] == value, (name, attributes)
+    finally:
+        provider.shutdown()
+        SQLModelCache.reset()
+        client.close()
+        engine.dispose()

@@ -9,8 +9,9 @@ Install with ``pip install 'sqlmodel-cache[opentelemetry]'``.
     instrument()  # uses the global MeterProvider
 
 Creates one observable counter per kind of cache event (``sqlmodel_cache.hits`` with
-attributes ``model`` and ``kind``, ...), read from ``stats()`` at collection time, so the
-read path pays nothing.
+attributes ``model`` and ``kind``, ...; the near cache's are ``sqlmodel_cache.l1_hits``,
+``l1_misses``, ``l1_evictions``, ``l1_invalidations`` and ``l1_flushes``), read from
+``stats()`` at collection time, so the read path pays nothing.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@
 
     instrument()  # registers with prometheus_client's default registry
 
-Exposes counters such as ``sqlmodel_cache_hits_total{model="Hero",kind="get"}``; see
-``FAMILIES`` for the full list. Values are read
+Exposes counters such as ``sqlmodel_cache_hits_total{model="Hero",kind="get"}``, and for
+the near cache ``sqlmodel_cache_l1_hits_total{model="Hero",kind="get"}``, ``l1_misses``,
+``l1_evictions``, ``l1_invalidations`` and ``l1_flushes``; see ``FAMILIES`` for the full
+list. Values are read
 from ``stats()`` at scrape time, so they restart from zero after ``configure()``, which
 Prometheus treats as a counter reset.
 """
