@@ -170,11 +170,14 @@ class NearStore:
         if ticket is None:
             return
         with self._lock:
+            # Apply what has arrived while the ticket is still registered, so that an
+            # invalidation of a write made after the fetch cancels it.
+            fresh = self.tracker.fresh()
             self._tickets.discard(ticket)
             entry, expires_in_ms = fetched.entry, fetched.expires_in_ms
             if entry is None or expires_in_ms is None or expires_in_ms <= 0:
                 return  # no entry, or no TTL to bound the copy by
-            if not self.tracker.fresh() or ticket.cancelled:
+            if not fresh or ticket.cancelled:
                 return
             # From before the request: the copy never outlives the entry it copies.
             deadline = ticket.started + expires_in_ms / 1000

@@ -10,13 +10,21 @@ before the read started, and **uncommitted** if it returned a token no committed
 transaction wrote. ``time.monotonic()`` is one clock for every process on a machine, so
 readers may run in other processes.
 
+With ``near_cache=True`` (``--near-cache``) every process reads through a near cache (an
+in-process L1 in front of Redis): each read also records whether the L1 answered it, and
+every process reports its L1 counters, so a run shows the L1 actually served reads.
+:func:`kill_tracking` cuts the L1s' tracking connections (a ``during`` hook): they must
+stop serving until tracking is back.
+
 Used by ``tests/test_consistency.py`` (a short run) and runnable on its own for a long
-one: ``python -m tests.checker --seconds 60 --postgres URL --redis URL``.
+one: ``python -m tests.checker --seconds 60 --postgres URL --redis URL [--near-cache]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import multiprocessing
 import random
 import threading
@@ -25,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import create_engine
 from sqlmodel import Session, select
@@ -34,8 +42,27 @@ from sqlmodel import Session, select
 #: so that a short run sees the cache come back.
 BREAKER_RESET = 1.0
 
-#: (start time, seq, token) of one read, and whether it issued SQL.
-Read = tuple[float, int, str, bool]
+#: Seconds the reader processes may take to start (spawned interpreters, under load).
+READERS_START_TIMEOUT = 60.0
+
+#: The near cache's tracking connection pings every this many seconds (default 0.5) and
+#: counts as lost after three silent ones, so that a short run sees it lost and back.
+NEAR_HEARTBEAT = 0.1
+
+#: The near-cache counters a process reports (``query_l1_hits`` counts as ``l1_hits``).
+L1_EVENTS = ("l1_hits", "l1_misses", "l1_invalidations", "l1_flushes", "l1_evictions")
+
+
+class Read(NamedTuple):
+    """One read: when it started, what it returned, whether it issued SQL, whether the near
+    cache answered it, and the process that made it (``main`` or ``reader<N>``)."""
+
+    started: float
+    seq: int
+    token: str
+    sql: bool
+    l1: bool = False
+    where: str = "main"
 
 
 @dataclass
@@ -45,18 +72,23 @@ class Report:
     commits: dict[str, tuple[int, float]] = field(default_factory=dict)  # token -> seq, time
     reads: list[Read] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Per process (``main``, ``reader0``, ...): its near cache's counters (``L1_EVENTS``),
+    #: from ``SQLModelCache.stats()``; empty without a near cache.
+    near: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def stale(self, since: float = 0.0) -> list[Read]:
         """Reads (started after ``since``) older than a commit that had returned before they
         started."""
         timeline = sorted((at, seq) for seq, at in self.commits.values())
+        times = [at for at, _ in timeline]
+        # newest[i]: the highest seq among the first i commits to return
+        newest = list(itertools.accumulate((seq for _, seq in timeline), max, initial=0))
         result = []
         for read in self.reads:
             started, seq = read[0], read[1]
             if started < since:
                 continue
-            newest = max((s for at, s in timeline if at < started), default=0)
-            if seq < newest:
+            if seq < newest[bisect.bisect_left(times, started)]:
                 result.append(read)
         return result
 
@@ -68,6 +100,46 @@ class Report:
     def cached_share(self) -> float:
         """The share of reads answered without SQL."""
         return sum(1 for r in self.reads if not r[3]) / max(1, len(self.reads))
+
+    def l1_reads(self, where: str | None = None, since: float = 0.0) -> list[Read]:
+        """Reads the near cache answered (without SQL), of process ``where`` (any if
+        ``None``), started after ``since``."""
+        return [
+            r
+            for r in self.reads
+            if r.l1 and not r.sql and r.started >= since and where in (None, r.where)
+        ]
+
+    def l1_hits(self, where: str | None = None) -> int:
+        """The near cache's ``l1_hits`` (gets and queries) in process ``where`` (all if
+        ``None``), as its stats counted them."""
+        return self.l1_count("l1_hits", where)
+
+    def l1_count(self, event: str, where: str | None = None) -> int:
+        """The near-cache counter ``event`` (one of ``L1_EVENTS``) in ``where`` (all if
+        ``None``)."""
+        return sum(n.get(event, 0) for w, n in self.near.items() if where in (None, w))
+
+    def summary(self) -> str:
+        """One line of figures, for a test's assertion messages and the CLI."""
+        line = (
+            f"commits={len(self.commits)} reads={len(self.reads)} "
+            f"stale={len(self.stale())} uncommitted={len(self.uncommitted())} "
+            f"served_by_cache={self.cached_share():.1%} errors={len(self.errors)}"
+        )
+        if self.near:
+            line += f" served_by_l1={len(self.l1_reads()) / max(1, len(self.reads)):.1%}"
+            for where, counts in sorted(self.near.items()):
+                reads = sum(1 for r in self.reads if r.where == where)
+                line += f" | {where}: reads={reads} " + " ".join(
+                    f"{event}={counts.get(event, 0)}" for event in L1_EVENTS
+                )
+        stale = self.stale()
+        if stale:
+            line += f" first stale reads: {stale[:3]}"
+        if self.errors:
+            line += f" first errors: {self.errors[:3]}"
+        return line
 
 
 class Unreliable:
@@ -99,8 +171,15 @@ class Unreliable:
         return call
 
 
-def _configure(redis_url: str, prefix: str, wrap: Callable[[Any], Any] | None = None) -> None:
-    from sqlmodel_cache import SQLModelCache
+def _configure(
+    redis_url: str,
+    prefix: str,
+    wrap: Callable[[Any], Any] | None = None,
+    near_cache: bool = False,
+) -> Callable[[], None]:
+    """Configure this process's cache; with ``near_cache``, also note which reads the L1
+    answers (see :func:`_read_loop`). Returns what undoes the latter."""
+    from sqlmodel_cache import NearCache, SQLModelCache
     from sqlmodel_cache.transport import RedisSyncTransport
 
     transport: Any = RedisSyncTransport.from_url(redis_url)
@@ -108,10 +187,76 @@ def _configure(redis_url: str, prefix: str, wrap: Callable[[Any], Any] | None = 
         transport if wrap is None else wrap(transport),
         key_prefix=prefix,
         breaker_reset=BREAKER_RESET,
+        near_cache=NearCache(heartbeat=NEAR_HEARTBEAT) if near_cache else None,
     )
+    if not near_cache:
+        return lambda: None
+    return SQLModelCache.subscribe(_note_l1_hit)
 
 
-def _read_loop(database_url: str, deadline: float, reads: list[Read], errors: list[str]) -> None:
+#: Per reader thread: whether the near cache answered (part of) the current read. Stats
+#: subscribers run synchronously on the read path, so in the reading thread.
+_current = threading.local()
+
+
+def _note_l1_hit(label: str, event: str, amount: int) -> None:
+    if event.endswith("l1_hits"):
+        _current.l1 = True
+
+
+def _near_counts() -> dict[str, int]:
+    """This process's near-cache counters, summed over labels (gets and queries)."""
+    from sqlmodel_cache import SQLModelCache
+
+    counts = dict.fromkeys(L1_EVENTS, 0)
+    for events in SQLModelCache.stats().values():
+        for event, count in events.items():
+            base = event.removeprefix("query_")
+            if base in counts:
+                counts[base] += count
+    return counts
+
+
+def tracking_clients(redis_url: str, pinging: bool = False) -> list[int]:
+    """The ids of the clients of the Redis server at ``redis_url`` that run client tracking
+    (flag ``t`` in ``CLIENT LIST``): the near caches' tracking connections. ``pinging``:
+    only those whose last command was a ``PING`` (a tracker heartbeating on it, not a
+    connection left over from a failed handshake)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [
+            int(c["id"])
+            for c in client.client_list()
+            if "t" in c.get("flags", "") and (not pinging or c.get("cmd") == "ping")
+        ]
+    finally:
+        client.close()
+
+
+def kill_tracking(redis_url: str) -> list[int]:
+    """Kill every tracking connection (``CLIENT KILL ID``) and return the ids killed."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [
+            client_id
+            for client_id in tracking_clients(redis_url)
+            if client.execute_command("CLIENT", "KILL", "ID", client_id)
+        ]
+    finally:
+        client.close()
+
+
+def _read_loop(
+    database_url: str,
+    deadline: float,
+    reads: list[Read],
+    errors: list[str],
+    where: str = "main",
+) -> None:
     from sqlalchemy import event
 
     from tests.models import Counter
@@ -122,6 +267,7 @@ def _read_loop(database_url: str, deadline: float, reads: list[Read], errors: li
     use_query = False
     while time.monotonic() < deadline:
         issued.clear()
+        _current.l1 = False
         started = time.monotonic()
         try:
             with Session(engine) as session:
@@ -136,20 +282,41 @@ def _read_loop(database_url: str, deadline: float, reads: list[Read], errors: li
         except Exception as exc:  # the application must never see one: recorded, asserted
             errors.append(repr(exc))
             continue
-        reads.append((started, seq, token, bool(issued)))
+        reads.append(Read(started, seq, token, bool(issued), _current.l1, where))
         use_query = not use_query
     engine.dispose()
 
 
+def _reader_started(ready: Any) -> None:
+    """A reader process's initializer: import what it needs, then wait for the others, so
+    that every process starts racing when the run's clock starts (a spawned interpreter
+    takes a second or two to start)."""
+    import sqlmodel_cache.transport  # noqa: F401
+    import tests.models  # noqa: F401
+
+    ready.wait(timeout=READERS_START_TIMEOUT)
+
+
 def _reader_process(
-    database_url: str, redis_url: str, prefix: str, seconds: float
-) -> tuple[list[Read], list[str]]:
-    """A reader in its own process, with its own engine and cache client."""
-    _configure(redis_url, prefix)
+    database_url: str,
+    redis_url: str,
+    prefix: str,
+    seconds: float,
+    where: str = "reader",
+    near_cache: bool = False,
+) -> tuple[list[Read], list[str], dict[str, int]]:
+    """A reader in its own process, with its own engine and cache client (and near cache):
+    its reads, its errors and its near-cache counters."""
+    from sqlmodel_cache import SQLModelCache
+
+    _configure(redis_url, prefix, near_cache=near_cache)
     reads: list[Read] = []
     errors: list[str] = []
-    _read_loop(database_url, time.monotonic() + seconds, reads, errors)
-    return reads, errors
+    try:
+        _read_loop(database_url, time.monotonic() + seconds, reads, errors, where)
+        return reads, errors, _near_counts() if near_cache else {}
+    finally:
+        SQLModelCache.reset()
 
 
 def _write_loop(database_url: str, deadline: float, report: Report, lock: threading.Lock) -> None:
@@ -192,13 +359,43 @@ def run(
     reader_processes: int = 2,
     during: Callable[[], None] | None = None,
     wrap: Callable[[Any], Any] | None = None,
+    near_cache: bool = False,
 ) -> Report:
     """Race writers and readers for ``seconds``. Fault injection: ``during`` runs a third of
-    the way in; ``wrap`` wraps this process's transport (its writers and reader threads)."""
+    the way in; ``wrap`` wraps this process's transport (its writers and reader threads).
+    ``near_cache``: every process (this one and each reader process) has a near cache."""
+    prefix = f"checker{uuid.uuid4().hex[:8]}"
+    unsubscribe = _configure(redis_url, prefix, wrap, near_cache)
+    try:
+        return _run(
+            database_url,
+            redis_url,
+            prefix,
+            seconds=seconds,
+            writers=writers,
+            reader_threads=reader_threads,
+            reader_processes=reader_processes,
+            during=during,
+            near_cache=near_cache,
+        )
+    finally:
+        unsubscribe()
+
+
+def _run(
+    database_url: str,
+    redis_url: str,
+    prefix: str,
+    *,
+    seconds: float,
+    writers: int,
+    reader_threads: int,
+    reader_processes: int,
+    during: Callable[[], None] | None,
+    near_cache: bool,
+) -> Report:
     from tests.models import Counter
 
-    prefix = f"checker{uuid.uuid4().hex[:8]}"
-    _configure(redis_url, prefix, wrap)
     engine = create_engine(database_url)
     Counter.__table__.create(engine, checkfirst=True)  # type: ignore[attr-defined]
     with Session(engine) as session:
@@ -212,14 +409,25 @@ def run(
 
     report = Report()
     lock = threading.Lock()
-    start = time.monotonic()
-    deadline = start + seconds
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(reader_processes, mp_context=context) as pool:
+    ready = context.Barrier(reader_processes + 1)
+    with ProcessPoolExecutor(
+        reader_processes, mp_context=context, initializer=_reader_started, initargs=(ready,)
+    ) as pool:
         remote = [
-            pool.submit(_reader_process, database_url, redis_url, prefix, seconds)
-            for _ in range(reader_processes)
+            pool.submit(
+                _reader_process,
+                database_url,
+                redis_url,
+                prefix,
+                seconds,
+                f"reader{index}",
+                near_cache,
+            )
+            for index in range(reader_processes)
         ]
+        ready.wait(timeout=READERS_START_TIMEOUT)  # the clock starts when all processes race
+        deadline = time.monotonic() + seconds
         local_reads: list[list[Read]] = [[] for _ in range(reader_threads)]
         threads = [
             threading.Thread(target=_write_loop, args=(database_url, deadline, report, lock))
@@ -237,10 +445,14 @@ def run(
             thread.join()
         for reads in local_reads:
             report.reads.extend(reads)
-        for future in remote:
-            reads, errors = future.result()
+        if near_cache:
+            report.near["main"] = _near_counts()
+        for index, future in enumerate(remote):
+            reads, errors, counts = future.result()
             report.reads.extend(reads)
             report.errors.extend(errors)
+            if near_cache:
+                report.near[f"reader{index}"] = counts
     return report
 
 
@@ -249,13 +461,14 @@ def main() -> int:
     parser.add_argument("--postgres", required=True, help="postgresql+psycopg://... URL")
     parser.add_argument("--redis", required=True, help="redis://... URL")
     parser.add_argument("--seconds", type=float, default=60.0)
-    args = parser.parse_args()
-    report = run(args.postgres, args.redis, seconds=args.seconds)
-    print(
-        f"commits={len(report.commits)} reads={len(report.reads)} "
-        f"stale={len(report.stale())} uncommitted={len(report.uncommitted())} "
-        f"served_by_cache={report.cached_share():.1%}"
+    parser.add_argument(
+        "--near-cache",
+        action="store_true",
+        help="every process reads through a near cache (an in-process L1 in front of Redis)",
     )
+    args = parser.parse_args()
+    report = run(args.postgres, args.redis, seconds=args.seconds, near_cache=args.near_cache)
+    print(report.summary())
     return 0 if not report.stale() and not report.uncommitted() else 1
 
 

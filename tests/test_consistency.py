@@ -83,3 +83,79 @@ def test_no_stale_reads_once_a_flaky_cache_recovers(
     # recovered: the faults stopped and the next paced delivery attempt came due
     recovered = window["end"] + PendingInvalidations.MAX_BACKOFF + 0.5
     assert report.stale(since=recovered) == [], summary
+
+
+def test_near_cache_in_every_process_serves_no_stale_and_no_uncommitted_reads(
+    postgres_server: Any, redis_server: Any
+) -> None:
+    """Every process (writers and reader threads here, two reader processes) reads through
+    a near cache: zero stale reads, zero never-committed reads, no application error, and
+    the near caches (of this process and of the others) answered most reads."""
+    _truncate_postgres(postgres_server.sync_url)
+    report = checker.run(postgres_server.sync_url, redis_server.url, seconds=3.0, near_cache=True)
+    summary = report.summary()
+    assert report.errors == [], summary
+    assert len(report.commits) > 20, summary
+    assert len(report.reads) > 200, summary
+    assert report.stale() == [], summary
+    assert report.uncommitted() == [], summary
+    assert sorted(report.near) == ["main", "reader0", "reader1"], summary
+    for where in report.near:  # each process's L1 served, by its stats and by its reads
+        assert report.l1_hits(where) > 20, summary
+        assert len(report.l1_reads(where)) > 20, summary
+    assert len(report.l1_reads()) > len(report.reads) / 2, summary
+
+
+def test_near_cache_serves_no_stale_read_when_its_tracking_connection_is_killed(
+    postgres_server: Any, redis_server: Any
+) -> None:
+    """Twice mid-run, every near cache's tracking connection is killed (``CLIENT KILL ID``):
+    over the whole run, zero stale reads, zero never-committed reads and no application
+    error (each near cache is flushed and bypassed until it tracks again); and tracking is
+    re-established: new tracking connections, and every process's L1 serves again."""
+    _truncate_postgres(postgres_server.sync_url)
+    processes = 1 + 2  # this one and two reader processes: one tracking connection each
+    killed: set[int] = set()
+    kills: list[tuple[float, list[int]]] = []  # (when, ids killed)
+    tracked: list[float | None] = []  # when every near cache tracked (again), or None
+
+    def all_tracking() -> float | None:
+        """When every near cache tracks (and heartbeats) on a connection not killed yet."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            live = set(checker.tracking_clients(redis_server.url, pinging=True))
+            if len(live - killed) >= processes:
+                return time.monotonic()
+            time.sleep(0.01)
+        return None
+
+    def kill_twice() -> None:
+        for _ in range(2):
+            tracked.append(all_tracking())
+            time.sleep(0.4)
+            at = time.monotonic()
+            ids = checker.kill_tracking(redis_server.url)
+            kills.append((at, ids))
+            killed.update(ids)
+        tracked.append(all_tracking())
+
+    report = checker.run(
+        postgres_server.sync_url,
+        redis_server.url,
+        seconds=4.0,
+        during=kill_twice,
+        near_cache=True,
+    )
+    summary = f"{report.summary()} kills={kills} tracked={tracked}"
+    assert None not in tracked, summary  # every near cache tracked, then tracked again
+    assert all(len(ids) >= processes for _, ids in kills), summary
+    assert report.errors == [], summary
+    assert report.stale() == [], summary
+    assert report.uncommitted() == [], summary
+    assert sorted(report.near) == ["main", "reader0", "reader1"], summary
+    assert report.l1_count("l1_flushes") >= 1, summary  # the kills flushed held entries
+    first_kill, last_back = kills[0][0], tracked[-1]
+    assert last_back is not None
+    for where in report.near:  # every process's L1 served before the kills and after them
+        assert any(r.started < first_kill for r in report.l1_reads(where)), summary
+        assert len(report.l1_reads(where, since=last_back)) > 20, summary

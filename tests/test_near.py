@@ -182,6 +182,25 @@ def test_an_invalidation_during_a_redis_fetch_cancels_keeping_it(setup: Setup) -
     assert setup.near.size()[0] == 2  # the same entry without a write in between is kept
 
 
+def test_an_invalidation_still_unread_when_the_fetch_returns_cancels_keeping_it(
+    setup: Setup,
+) -> None:
+    """The push of a write made after the fetch is still in the socket when the reader
+    stores: storing must apply it first (found by the stale-read checker)."""
+    setup.name()
+    key = f"{setup.prefix}:{{hero}}:r:[1]"
+    tag_key = f"{setup.prefix}:{{hero}}:rt"
+    near = setup.near
+    with near._lock:  # the tracker thread cannot drain the push before the reader does
+        ticket = near.begin(key, (tag_key,))
+        entry = setup.client.get(key)
+        setup.client.delete(key)  # another process commits
+        setup.client.set(tag_key, os.urandom(8).hex())
+        time.sleep(0.05)
+        near.remember(ticket, key, (tag_key,), Fetched(entry, False, (), 60_000))
+    assert near.size() == (0, 0)
+
+
 def test_a_copy_lives_no_longer_than_the_redis_entry(setup: Setup) -> None:
     setup.name()
     key = f"{setup.prefix}:{{hero}}:r:[1]"

@@ -275,6 +275,7 @@ class Tracker:
             self._waker.send(b"x")
 
     def _open(self) -> bool:
+        connection = None
         try:
             connection = self._connect()
             connection.connect()
@@ -285,6 +286,9 @@ class Tracker:
                 raise reply
             sock.setblocking(False)
         except Exception as exc:  # noqa: BLE001 - any failure: retry later, cache bypassed
+            if connection is not None:  # a half-set-up tracking client must not linger
+                with contextlib.suppress(Exception):
+                    connection.disconnect()
             if not self._failing:  # once per outage
                 logger.warning("near cache: cannot start server tracking (%r); retrying", exc)
             self._failing = True
