@@ -82,6 +82,15 @@ class Setup:
             assert hero is not None
             return hero.name
 
+    def rename(self, name: str) -> None:
+        """Change the hero's name through the cache, in a committed session."""
+        with Session(self.engine) as session:
+            hero = session.get(Hero, 1)
+            assert hero is not None
+            hero.name = name
+            session.add(hero)
+            session.commit()
+
     def warm(self) -> None:
         """Miss (fill), then a Redis hit, which the near cache keeps."""
         self.name()
@@ -149,12 +158,7 @@ def test_another_process_s_write_is_seen_by_the_next_read(setup: Setup) -> None:
 def test_own_commit_clears_the_near_cache_before_commit_returns(setup: Setup) -> None:
     setup.warm()
     setup.near.tracker._drain = lambda: None  # type: ignore[method-assign] # pushes never arrive
-    with Session(setup.engine) as session:
-        hero = session.get(Hero, 1)
-        assert hero is not None
-        hero.name = "Spider-Man"
-        session.add(hero)
-        session.commit()
+    setup.rename("Spider-Man")
     assert setup.name() == "Spider-Man"
 
 
@@ -299,12 +303,7 @@ def test_a_failed_invalidation_flushes_the_near_cache(setup: Setup) -> None:
         raise redis.ConnectionError("down")
 
     transport._invalidate = failing
-    with Session(setup.engine) as session:
-        hero = session.get(Hero, 1)
-        assert hero is not None
-        hero.name = "Spider-Woman"
-        session.add(hero)
-        session.commit()
+    setup.rename("Spider-Woman")
     assert setup.near.size() == (0, 0)
     assert SQLModelCache.stats()["*"]["invalidation_errors"] == 1
     assert setup.name() == "Spider-Woman"  # the pending invalidation bypasses the cache

@@ -55,6 +55,20 @@ def _get_twice_query_twice_update(env: Env) -> None:
         env.run(body)
 
 
+def _points(reader: Any) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
+    """Every data point an OpenTelemetry reader holds: (name, sorted attributes) -> value."""
+    points: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    attributes = tuple(sorted(point.attributes.items()))
+                    points[(metric.name, attributes)] = point.value
+    return points
+
+
 def test_stats_count_per_model_with_bytes_and_invalidations(mem_env: Env) -> None:
     _seed(mem_env)
     _get_twice_query_twice_update(mem_env)
@@ -162,15 +176,7 @@ def test_opentelemetry_observable_counters(mem_env: Env) -> None:
     assert len(instruments) >= 8
     _get_twice_query_twice_update(mem_env)
 
-    points: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
-    data = reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    attributes = tuple(sorted(point.attributes.items()))
-                    points[(metric.name, attributes)] = point.value
+    points = _points(reader)
     assert points[("sqlmodel_cache.hits", (("kind", "get"), ("model", "Hero")))] == 2
     assert points[("sqlmodel_cache.misses", (("kind", "query"), ("model", "Hero")))] == 1
     assert points[("sqlmodel_cache.invalidations", (("model", "Hero"),))] == 2
@@ -339,15 +345,7 @@ def test_near_cache_counters_are_exported(redis_server: servers.RedisServer) -> 
             found = registry.get_sample_value(f"sqlmodel_cache_{name}_total", dict(attributes))
             assert found == value, (name, attributes)
 
-        points: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
-        data = reader.get_metrics_data()
-        assert data is not None
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    for point in metric.data.data_points:
-                        attributes = tuple(sorted(point.attributes.items()))
-                        points[(metric.name, attributes)] = point.value
+        points = _points(reader)
         for (name, attributes), value in expected.items():
             assert points[(f"sqlmodel_cache.{name}", attributes)] == value, (name, attributes)
     finally:
