@@ -34,12 +34,17 @@ from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache._stats import Stats
 from sqlmodel_cache.transport._protocols import Fetched
+from sqlmodel_cache.transport._redis import _connection_kwargs
 from sqlmodel_cache.transport._tracking import Tracker, connection_factory
 
 #: Bytes a stored entry costs beyond its key and value bytes: the ``str``, ``bytes``,
 #: tuple and float objects, the ordered dict's slot and link. tracemalloc measures 230 to
 #: 260 on CPython 3.11.
 ENTRY_OVERHEAD = 260
+
+
+#: How the server can tell a near cache of writes (see ``NearCache.invalidation``).
+INVALIDATION_MODES = ("tracking", "keyspace")
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,19 @@ class NearCache:
             sent in the last three heartbeats has been answered, the connection is treated
             as lost (the near cache is flushed and bypassed until it is back). Keep it well
             above the round trip to Redis.
+        invalidation: how the server tells of writes: ``"tracking"`` (RESP3 client
+            tracking, Redis 6+ / Valkey; the default), or ``"keyspace"``, the fallback for
+            servers without it: keyspace notifications, which the server must publish
+            (``notify-keyspace-events KA``). Redis may send a notification a little after
+            the writer's reply, so this mode leaves a window of about a millisecond
+            after another process's commit (see the consistency page); it is never chosen
+            on its own.
     """
 
     max_entries: int = 10_000
     max_bytes: int = 64 * 1024 * 1024
     heartbeat: float = 0.5
+    invalidation: str = "tracking"
 
     def __post_init__(self) -> None:
         for name in ("max_entries", "max_bytes"):
@@ -78,6 +91,11 @@ class NearCache:
         if not 0.01 <= heartbeat <= 60:
             raise ConfigurationError(
                 f"NearCache(heartbeat=...) must be between 0.01 and 60 seconds, got {heartbeat}"
+            )
+        if self.invalidation not in INVALIDATION_MODES:
+            raise ConfigurationError(
+                f"NearCache(invalidation=...) must be one of {', '.join(INVALIDATION_MODES)}, "
+                f"got {self.invalidation!r}"
             )
 
 
@@ -112,6 +130,8 @@ class NearStore:
             on_ready=self._ready,
             heartbeat=settings.heartbeat,
             lock=self._lock,
+            mode=settings.invalidation,
+            db=int(_connection_kwargs(client).get("db") or 0),
         )
         _STORES.add(self)
 

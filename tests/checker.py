@@ -92,6 +92,16 @@ class Report:
                 result.append(read)
         return result
 
+    def stale_by(self) -> list[float]:
+        """For each stale read: how long before it started the first commit it missed had
+        returned (seconds), i.e. how late the read was."""
+        returned = dict(self.commits.values())  # seq -> when the commit writing it returned
+        lags = []
+        for read in self.stale():
+            missed = [at for seq, at in returned.items() if seq > read.seq and at < read.started]
+            lags.append(read.started - min(missed))
+        return lags
+
     def uncommitted(self) -> list[Read]:
         """Reads of a token no transaction committed (or of a seq not matching it)."""
         committed = {**{"initial": (0, 0.0)}, **self.commits}
@@ -171,11 +181,16 @@ class Unreliable:
         return call
 
 
+def _mode(near_cache: bool | str) -> str:
+    """The near cache's ``invalidation`` for ``run(near_cache=...)``: ``True`` is tracking."""
+    return "tracking" if near_cache is True else str(near_cache)
+
+
 def _configure(
     redis_url: str,
     prefix: str,
     wrap: Callable[[Any], Any] | None = None,
-    near_cache: bool = False,
+    near_cache: bool | str = False,
 ) -> Callable[[], None]:
     """Configure this process's cache; with ``near_cache``, also note which reads the L1
     answers (see :func:`_read_loop`). Returns what undoes the latter."""
@@ -187,7 +202,9 @@ def _configure(
         transport if wrap is None else wrap(transport),
         key_prefix=prefix,
         breaker_reset=BREAKER_RESET,
-        near_cache=NearCache(heartbeat=NEAR_HEARTBEAT) if near_cache else None,
+        near_cache=NearCache(heartbeat=NEAR_HEARTBEAT, invalidation=_mode(near_cache))
+        if near_cache
+        else None,
     )
     if not near_cache:
         return lambda: None
@@ -303,7 +320,7 @@ def _reader_process(
     prefix: str,
     seconds: float,
     where: str = "reader",
-    near_cache: bool = False,
+    near_cache: bool | str = False,
 ) -> tuple[list[Read], list[str], dict[str, int]]:
     """A reader in its own process, with its own engine and cache client (and near cache):
     its reads, its errors and its near-cache counters."""
@@ -359,7 +376,7 @@ def run(
     reader_processes: int = 2,
     during: Callable[[], None] | None = None,
     wrap: Callable[[Any], Any] | None = None,
-    near_cache: bool = False,
+    near_cache: bool | str = False,
 ) -> Report:
     """Race writers and readers for ``seconds``. Fault injection: ``during`` runs a third of
     the way in; ``wrap`` wraps this process's transport (its writers and reader threads).
@@ -392,7 +409,7 @@ def _run(
     reader_threads: int,
     reader_processes: int,
     during: Callable[[], None] | None,
-    near_cache: bool,
+    near_cache: bool | str,
 ) -> Report:
     from tests.models import Counter
 
@@ -463,8 +480,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
         "--near-cache",
-        action="store_true",
-        help="every process reads through a near cache (an in-process L1 in front of Redis)",
+        nargs="?",
+        const="tracking",
+        default=False,
+        choices=["tracking", "keyspace"],
+        help="every process reads through a near cache (an in-process L1 in front of Redis), "
+        "invalidated by client tracking (the default) or keyspace notifications",
     )
     args = parser.parse_args()
     report = run(args.postgres, args.redis, seconds=args.seconds, near_cache=args.near_cache)

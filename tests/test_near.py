@@ -435,6 +435,7 @@ def test_an_unreachable_server_costs_no_exception(tmp_path: Path) -> None:
         ({"max_bytes": True}, "max_bytes"),
         ({"heartbeat": "1"}, "heartbeat"),
         ({"heartbeat": 0.001}, "heartbeat"),
+        ({"invalidation": "pubsub"}, "invalidation"),
     ],
 )
 def test_bad_settings_are_refused(options: dict[str, Any], message: str) -> None:
@@ -527,3 +528,138 @@ def test_invalidations_right_behind_the_tracking_reply_are_kept() -> None:
     with pytest.raises(ConnectionError):
         read_reply(ours)
     ours.close()
+
+
+# -- keyspace notifications: the fallback for servers without client tracking ---------------
+
+
+@pytest.fixture
+def notifying(redis_server: servers.RedisServer) -> Iterator[redis.Redis]:
+    """The test server publishing keyspace notifications (a client for it)."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_set("notify-keyspace-events", "KA")
+    yield client
+    client.config_set("notify-keyspace-events", "")
+    client.close()
+
+
+@pytest.fixture
+def keyspace(
+    tmp_path: Path, redis_server: servers.RedisServer, notifying: redis.Redis
+) -> Iterator[Setup]:
+    built = Setup(tmp_path, redis_server.url, heartbeat=0.1, invalidation="keyspace")
+    assert built.near.tracker.mode == "keyspace"
+    yield built
+    built.close()
+
+
+def test_keyspace_mode_serves_and_sees_other_processes_writes(keyspace: Setup) -> None:
+    keyspace.warm()
+    keyspace.statements.clear()
+    assert keyspace.name() == "Spider"
+    assert keyspace.statements == []
+    assert keyspace.counts()["l1_hits"] == 1
+    tag_key = f"{keyspace.prefix}:{{hero}}:rt"
+    for round_ in range(10):
+        keyspace.warm()
+        keyspace.write_behind_the_cache(f"Spider {round_}")
+        # Unlike a tracking push, a notification can reach this socket some microseconds
+        # after the writer's reply (Redis writes the writer's socket first): wait for it.
+        wait_for(lambda: tag_key not in keyspace.near._data)
+        assert keyspace.name() == f"Spider {round_}"
+
+
+def test_keyspace_mode_own_commit_and_flush(keyspace: Setup) -> None:
+    keyspace.warm()
+    keyspace.near.tracker._drain = lambda: None  # type: ignore[method-assign]
+    keyspace.rename("Spider-Man")
+    assert keyspace.name() == "Spider-Man"
+    del keyspace.near.tracker._drain  # back to the class's method
+    keyspace.warm()
+    keyspace.client.flushdb()  # no notification says so: the marker check does
+    wait_for(lambda: keyspace.near.size() == (0, 0))
+    assert keyspace.client.exists(f"{keyspace.prefix}:near-cache-marker")  # set again
+    assert keyspace.name() == "Spider-Man"
+
+
+def test_keyspace_mode_lost_subscriber_flushes_and_recovers(keyspace: Setup) -> None:
+    keyspace.warm()
+    subscribers = [c for c in keyspace.client.client_list() if "P" in c["flags"]]
+    assert subscribers
+    for connection in subscribers:
+        keyspace.client.client_kill_filter(_id=connection["id"])
+    keyspace.write_behind_the_cache("Venom")
+    assert keyspace.name() == "Venom"
+    wait_for(lambda: keyspace.near.tracker.live)
+    before = keyspace.counts().get("l1_hits", 0)
+
+    def served_again() -> bool:
+        assert keyspace.name() == "Venom"
+        return keyspace.counts().get("l1_hits", 0) > before
+
+    wait_for(served_again)
+
+
+def test_a_server_refusing_tracking_gets_no_near_cache_unless_keyspace_is_asked_for(
+    tmp_path: Path,
+    redis_server: servers.RedisServer,
+    notifying: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user = f"near{os.urandom(4).hex()}"
+    notifying.acl_setuser(
+        user, enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-client"],
+    )  # fmt: skip
+    url = redis_server.url.replace("redis://", f"redis://{user}:secret@")
+    try:
+        engine = create_engine(f"sqlite:///{tmp_path / 'acl.db'}")
+        SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
+        with Session(engine) as session:
+            session.add(Hero(id=1, name="Spider"))
+            session.commit()
+        SQLModelCache.configure(
+            RedisSyncTransport.from_url(url),
+            key_prefix=f"a{os.urandom(6).hex()}",
+            near_cache=NearCache(heartbeat=0.05),
+        )
+        wait_for(lambda: 'invalidation="keyspace"' in caplog.text)  # the hint
+        for _ in range(3):
+            with Session(engine) as session:
+                assert session.get(Hero, 1) is not None
+        assert "l1_hits" not in SQLModelCache.stats()["Hero"]  # never silently weaker
+        SQLModelCache.reset()
+        engine.dispose()
+
+        setup = Setup(tmp_path, url, heartbeat=0.1, invalidation="keyspace")
+        try:
+            setup.warm()
+            assert setup.name() == "Spider"
+            assert setup.counts()["l1_hits"] == 1
+        finally:
+            setup.close()
+    finally:
+        notifying.acl_deluser(user)
+
+
+def test_keyspace_mode_needs_the_server_to_notify(
+    tmp_path: Path, redis_server: servers.RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'k.db'}")
+    SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
+    with Session(engine) as session:
+        session.add(Hero(id=1, name="Spider"))
+        session.commit()
+    SQLModelCache.configure(
+        RedisSyncTransport.from_url(redis_server.url),
+        key_prefix=f"k{os.urandom(6).hex()}",
+        near_cache=NearCache(heartbeat=0.05, invalidation="keyspace"),
+    )
+    wait_for(lambda: "notify-keyspace-events KA" in caplog.text)
+    for _ in range(3):
+        with Session(engine) as session:
+            hero = session.get(Hero, 1)
+            assert hero is not None
+            assert hero.name == "Spider"
+    assert "l1_hits" not in SQLModelCache.stats()["Hero"]
+    engine.dispose()

@@ -134,25 +134,58 @@ def _accepted(connection_class: Any) -> set[str]:
     return names - {"self", "args", "kwargs"}
 
 
-def connection_factory(client: Any, timeout: float) -> Callable[[], Any]:
-    """A function opening a new sync RESP3 connection to the server behind ``client``."""
+def connection_factory(client: Any, timeout: float) -> Callable[..., Any]:
+    """A function making a new sync connection (RESP3 unless told ``protocol=2``), not yet
+    connected, to the server behind ``client``."""
     from sqlmodel_cache.transport._redis import _connection_kwargs
 
     connection_class = _sync_connection_class(client)
     accepted = _accepted(connection_class)
     options = {k: v for k, v in _connection_kwargs(client).items() if k in accepted}
     options.update(protocol=3, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # redis-py 7+'s maintenance notifications hook into its own parser, which these
+    # connections do not use after the handshake (and which needs RESP3).
+    for name in [name for name in options if name.startswith("maint_notifications")]:
+        options[name] = None
     for unwanted in ("client_name", "retry", "health_check_interval", "credential_provider"):
         if unwanted in options and options[unwanted] is None:
             del options[unwanted]
-    return lambda: connection_class(**options)
+    return lambda protocol=3: connection_class(**{**options, "protocol": protocol})
+
+
+class Refused(Exception):
+    """The server answered the tracking handshake with an error (no RESP3 or no client
+    tracking, or an ACL that forbids it), rather than failing to answer."""
+
+
+def keyspace_flags_ok(flags: bytes) -> bool:
+    """Whether ``notify-keyspace-events`` announces every event a cache key can have:
+    writes (``$``), deletes (``g``), expiry (``x``) and eviction (``e``), per key (``K``)."""
+    return b"K" in flags and (b"A" in flags or all(c in flags for c in (b"g", b"$", b"x", b"e")))
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 class Tracker:
     """One tracking connection, kept alive by a daemon thread.
 
+    Two ways to hear of writes (``mode``):
+
+    * ``"tracking"``: RESP3 ``CLIENT TRACKING ON BCAST``, as described above;
+    * ``"keyspace"``: for servers without client tracking (Redis before 6, or an ACL that
+      forbids ``CLIENT``), ``PSUBSCRIBE`` to the keyspace notifications of the prefix's
+      keys, which the server must publish (``notify-keyspace-events KA``). Notifications say
+      nothing of ``FLUSHALL``/``FLUSHDB``, so a second connection checks every heartbeat
+      that a marker key under the prefix still exists, and empties the near cache if not.
+      Weaker: Redis queues a notification before the writer's reply but may write it to
+      the socket after, where a tracking push is written first.
+
     Args:
-        connect: opens a redis-py sync connection (``protocol=3``), not yet connected.
+        connect: makes a redis-py sync connection (``protocol=3``, or the ``protocol``
+            passed), not yet connected.
         prefix: the key prefix to track.
         on_keys: called with the keys the server invalidated.
         on_flush: called when everything must go: the server flushed its keys, or
@@ -166,16 +199,22 @@ class Tracker:
 
     def __init__(
         self,
-        connect: Callable[[], Any],
+        connect: Callable[..., Any],
         prefix: str,
         on_keys: Callable[[Sequence[bytes]], None],
         on_flush: Callable[[str], None],
         on_ready: Callable[[], None],
         heartbeat: float,
         lock: threading.RLock,
+        mode: str = "tracking",
+        db: int = 0,
     ) -> None:
         self._connect = connect
         self._prefix = prefix
+        self.mode = mode
+        self._keyspace = f"__keyspace@{db}__:".encode()
+        self._marker = f"{prefix}near-cache-marker"
+        self._probe: Any = None  # keyspace mode: the connection that checks the marker
         self._on_keys = on_keys
         self._on_flush = on_flush
         self._on_ready = on_ready
@@ -242,13 +281,20 @@ class Tracker:
                 continue
             sock = self._sock
             readable = self._sleep(self.heartbeat / 2, sock)
+            beat = time.monotonic() - self._last_ping >= self.heartbeat
+            flushed = self._marker_gone() if beat and self._probe is not None else False
             with self.lock:
                 if self._sock is not sock:
                     continue
                 if readable:
                     self._drain()
+                if flushed is None:
+                    self._lose("the keyspace marker check failed")
+                    continue
+                if flushed:
+                    self._on_flush("the server flushed its keys")
                 now = time.monotonic()
-                if self._sock is not None and now - self._last_ping >= self.heartbeat:
+                if self._sock is not None and beat:
                     self._send(command("PING"))
                     self._pings.append(now)
                     self._last_ping = now
@@ -275,30 +321,33 @@ class Tracker:
             self._waker.send(b"x")
 
     def _open(self) -> bool:
-        connection = None
+        opened: list[Any] = []  # connections to close if the handshake fails
         try:
-            connection = self._connect()
-            connection.connect()
-            sock = connection._sock
-            sock.sendall(command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix))
-            reply, pushed = read_reply(sock)
-            if isinstance(reply, ProtocolError):
-                raise reply
+            if self.mode == "keyspace":
+                connection, sock, pushed = self._start_keyspace(opened)
+            else:
+                connection, sock, pushed = self._start_tracking(opened)
             sock.setblocking(False)
         except Exception as exc:  # noqa: BLE001 - any failure: retry later, cache bypassed
-            if connection is not None:  # a half-set-up tracking client must not linger
-                with contextlib.suppress(Exception):
-                    connection.disconnect()
+            self._close_all(opened)  # a half-set-up tracking client must not linger
             if not self._failing:  # once per outage
-                logger.warning("near cache: cannot start server tracking (%r); retrying", exc)
+                hint = (
+                    '; a server without client tracking can use NearCache(invalidation="keyspace")'
+                    if isinstance(exc, Refused)
+                    else ""
+                )
+                logger.warning(
+                    "near cache: cannot start server tracking (%r); retrying%s", exc, hint
+                )
             self._failing = True
             return False
         self._failing = False
         with self.lock:
             if self._stopped.is_set():
-                connection.disconnect()
+                self._close_all(opened)
                 return False
             self._connection, self._sock = connection, sock
+            self._probe = opened[0] if self.mode == "keyspace" else None
             self._poll = select.poll()
             self._poll.register(sock, select.POLLIN | select.POLLPRI)
             self._buffer = bytearray(pushed)
@@ -308,6 +357,71 @@ class Tracker:
             self.live = True
             self._dispatch()
         return True
+
+    def _start_tracking(self, opened: list[Any]) -> tuple[Any, socket.socket, bytes]:
+        connection = self._connect()
+        opened.append(connection)
+        try:
+            connection.connect()  # HELLO 3: a server without RESP3 refuses it
+        except Exception as exc:
+            if type(exc).__name__ in ("ResponseError", "NoPermissionError"):
+                raise Refused(exc) from exc
+            raise
+        sock = connection._sock
+        sock.sendall(command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix))
+        reply, pushed = read_reply(sock)
+        if isinstance(reply, ProtocolError):
+            raise Refused(reply)
+        return connection, sock, pushed
+
+    def _start_keyspace(self, opened: list[Any]) -> tuple[Any, socket.socket, bytes]:
+        probe = self._connect(protocol=2)
+        opened.append(probe)
+        probe.connect()
+        try:
+            probe.send_command("CONFIG", "GET", "notify-keyspace-events")
+            flags = probe.read_response()[1]
+        except Exception as exc:  # noqa: BLE001 - CONFIG may be forbidden: trust the docs
+            logger.debug("near cache: cannot read notify-keyspace-events (%r)", exc)
+        else:
+            if not keyspace_flags_ok(bytes(flags)):
+                raise RuntimeError(
+                    "the server does not publish keyspace notifications: run "
+                    "CONFIG SET notify-keyspace-events KA (or set it in redis.conf)"
+                )
+        probe.send_command("SET", self._marker, "1")
+        probe.read_response()
+        connection = self._connect(protocol=2)
+        opened.append(connection)
+        connection.connect()
+        sock = connection._sock
+        pattern = self._keyspace.decode() + glob_escape(self._prefix) + "*"
+        sock.sendall(command("PSUBSCRIBE", pattern))
+        reply, pushed = read_reply(sock)
+        if isinstance(reply, ProtocolError):
+            raise reply
+        return connection, sock, pushed
+
+    def _marker_gone(self) -> bool | None:
+        """Keyspace mode: whether the marker key is gone (the server was flushed; it is set
+        again), or ``None`` when the check failed."""
+        probe = self._probe
+        try:
+            probe.send_command("EXISTS", self._marker)
+            if probe.read_response():
+                return False
+            probe.send_command("SET", self._marker, "1")
+            probe.read_response()
+        except Exception:  # noqa: BLE001 - any failure: reconnect
+            return None
+        return True
+
+    @staticmethod
+    def _close_all(connections: list[Any]) -> None:
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
+        connections.clear()
 
     # -- internals (callers hold the lock) ---------------------------------------------
 
@@ -354,8 +468,12 @@ class Tracker:
                     self._on_flush("the server flushed its keys")
                 else:
                     self._on_keys(keys)
-        elif value == b"PONG":
+        elif value == b"PONG" or (type(value) is list and value[:1] == [b"pong"]):
             self._heard_at = self._pings.popleft() if self._pings else time.monotonic()
+        elif type(value) is list and value[:1] == [b"pmessage"] and len(value) == 4:
+            channel = value[2]  # keyspace mode: __keyspace@<db>__:<key>, the event as data
+            if channel.startswith(self._keyspace):
+                self._on_keys([channel[len(self._keyspace) :]])
         elif isinstance(value, ProtocolError):
             raise value
 
@@ -378,6 +496,10 @@ class Tracker:
         self._wake()
 
     def _close_socket(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe.disconnect()
         connection, self._connection = self._connection, None
         self._sock = None
         self._poll = None
