@@ -52,7 +52,7 @@ class NearCache:
     """Settings of the near cache: pass one to ``SQLModelCache.configure(near_cache=...)``.
 
     Only with ``RedisSyncTransport`` / ``RedisAsyncTransport`` on a single Redis or Valkey
-    server (6.0 or later: RESP3 client tracking).
+    server (not Cluster or Sentinel).
 
     Args:
         max_entries: the most entries (rows, query results and the tags they carry) kept;
@@ -66,9 +66,9 @@ class NearCache:
             tracking, Redis 6+ / Valkey; the default), or ``"keyspace"``, the fallback for
             servers without it: keyspace notifications, which the server must publish
             (``notify-keyspace-events KA``). Redis may send a notification a little after
-            the writer's reply, so this mode leaves a window of about a millisecond
-            after another process's commit (see the consistency page); it is never chosen
-            on its own.
+            the writer's reply, so this mode leaves a window of a few milliseconds after
+            another process's commit (see the consistency page); it is never chosen on its
+            own.
     """
 
     max_entries: int = 10_000

@@ -642,6 +642,17 @@ def test_a_server_refusing_tracking_gets_no_near_cache_unless_keyspace_is_asked_
         notifying.acl_deluser(user)
 
 
+def test_keyspace_mode_stops_when_notifications_are_turned_off(
+    keyspace: Setup, notifying: redis.Redis
+) -> None:
+    keyspace.warm()
+    notifying.config_set("notify-keyspace-events", "")
+    wait_for(lambda: not keyspace.near.tracker.live)  # noticed at the next heartbeat
+    assert keyspace.near.size() == (0, 0)
+    notifying.config_set("notify-keyspace-events", "KA")
+    wait_for(lambda: keyspace.near.tracker.live)
+
+
 def test_keyspace_mode_needs_the_server_to_notify(
     tmp_path: Path, redis_server: servers.RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

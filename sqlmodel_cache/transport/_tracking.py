@@ -215,6 +215,7 @@ class Tracker:
         self._keyspace = f"__keyspace@{db}__:".encode()
         self._marker = f"{prefix}near-cache-marker"
         self._probe: Any = None  # keyspace mode: the connection that checks the marker
+        self._check_flags = True  # keyspace mode: whether CONFIG GET may be read
         self._on_keys = on_keys
         self._on_flush = on_flush
         self._on_ready = on_ready
@@ -289,7 +290,7 @@ class Tracker:
                 if readable:
                     self._drain()
                 if flushed is None:
-                    self._lose("the keyspace marker check failed")
+                    self._lose("the keyspace check failed (or notifications were turned off)")
                     continue
                 if flushed:
                     self._on_flush("the server flushed its keys")
@@ -378,17 +379,12 @@ class Tracker:
         probe = self._connect(protocol=2)
         opened.append(probe)
         probe.connect()
-        try:
-            probe.send_command("CONFIG", "GET", "notify-keyspace-events")
-            flags = probe.read_response()[1]
-        except Exception as exc:  # noqa: BLE001 - CONFIG may be forbidden: trust the docs
-            logger.debug("near cache: cannot read notify-keyspace-events (%r)", exc)
-        else:
-            if not keyspace_flags_ok(bytes(flags)):
-                raise RuntimeError(
-                    "the server does not publish keyspace notifications: run "
-                    "CONFIG SET notify-keyspace-events KA (or set it in redis.conf)"
-                )
+        self._check_flags = True
+        if self._notifications_off(probe):
+            raise RuntimeError(
+                "the server does not publish keyspace notifications: run "
+                "CONFIG SET notify-keyspace-events KA (or set it in redis.conf)"
+            )
         probe.send_command("SET", self._marker, "1")
         probe.read_response()
         connection = self._connect(protocol=2)
@@ -402,11 +398,29 @@ class Tracker:
             raise reply
         return connection, sock, pushed
 
+    def _notifications_off(self, probe: Any) -> bool:
+        """Whether the server is known not to publish the notifications keyspace mode needs
+        (when ``CONFIG GET`` is forbidden, nothing is known: the docs say what to set)."""
+        if not self._check_flags:
+            return False
+        try:
+            probe.send_command("CONFIG", "GET", "notify-keyspace-events")
+            flags = probe.read_response()[1]
+        except Exception as exc:
+            if type(exc).__name__ not in ("ResponseError", "NoPermissionError"):
+                raise
+            logger.debug("near cache: cannot read notify-keyspace-events (%r)", exc)
+            self._check_flags = False
+            return False
+        return not keyspace_flags_ok(bytes(flags))
+
     def _marker_gone(self) -> bool | None:
         """Keyspace mode: whether the marker key is gone (the server was flushed; it is set
-        again), or ``None`` when the check failed."""
+        again), or ``None`` when the check failed or notifications were turned off."""
         probe = self._probe
         try:
+            if self._notifications_off(probe):
+                return None
             probe.send_command("EXISTS", self._marker)
             if probe.read_response():
                 return False
