@@ -131,8 +131,6 @@ async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -
             key, tag_keys, plan.codec.schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
         )
     except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
-        if near is not None:
-            near.end(ticket)
         transport_failed(runtime, plan.label, READ_FAILED, exc)
         return await _sqlalchemy_aget(
             session, entity, ident, execution_options={PREFETCHED: (key, None)}

@@ -34,7 +34,11 @@ from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache._stats import Stats
 from sqlmodel_cache.transport._protocols import Fetched
-from sqlmodel_cache.transport._redis import _connection_kwargs
+from sqlmodel_cache.transport._redis import (
+    RedisAsyncTransport,
+    RedisSyncTransport,
+    _connection_kwargs,
+)
 from sqlmodel_cache.transport._tracking import Tracker, connection_factory
 
 #: Bytes a stored entry costs beyond its key and value bytes: the ``str``, ``bytes``,
@@ -118,7 +122,8 @@ class NearStore:
         # even if the server's expiry (and its invalidation) comes later.
         self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
-        # Weak: a fetch abandoned half-way (a cancelled task) leaves nothing behind.
+        # Weak: a fetch that ends without remember() (it failed, or its task was cancelled)
+        # leaves nothing behind once its ticket is dropped.
         self._tickets: weakref.WeakSet[_Ticket] = weakref.WeakSet()
         self._lock = threading.RLock()
         self._forked = False
@@ -205,12 +210,6 @@ class NearStore:
             self._put(key, entry, deadline)
             for index, tag_key in enumerate(tag_keys):  # tags never expire in Redis either
                 self._put(tag_key, entry[index * size : (index + 1) * size], _NEVER)
-
-    def end(self, ticket: _Ticket | None) -> None:
-        """Forget ``ticket`` without storing anything (the fetch failed)."""
-        if ticket is not None:
-            with self._lock:
-                self._tickets.discard(ticket)
 
     # -- this process's writes ----------------------------------------------------------
 
@@ -315,8 +314,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def check_client(transport: Any) -> Any:
     """The redis-py client behind ``transport`` when a near cache can front it."""
-    from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport
-
     if not isinstance(transport, (RedisSyncTransport, RedisAsyncTransport)):
         raise ConfigurationError(
             "near_cache needs RedisSyncTransport or RedisAsyncTransport (it is invalidated by "

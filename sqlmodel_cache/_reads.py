@@ -305,8 +305,6 @@ def fetch(
                 key, tag_keys, schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
             )
         except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
-            if near is not None:
-                near.end(ticket)
             transport_failed(runtime, label, READ_FAILED, exc)
             return None
         if near is not None:

@@ -12,15 +12,15 @@ in practice, but a loaded CI machine must not make the test depend on that race.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests import servers
-from tests.test_docs import NOT_RUN, TIMEOUT, Block, _child_env, parse_blocks
+from tests.test_docs import NOT_RUN, TIMEOUT, Block, _run, parse_blocks
 
 pytestmark = pytest.mark.redis
 
@@ -80,15 +80,7 @@ def test_guide_example_runs(title: str, redis_server: servers.RedisServer, tmp_p
     prefix = f"d{uuid.uuid4().hex[:12]}"
     code = PRELUDE + pointed_at(block.code, redis_server.url, prefix)
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env=_child_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        result = _run(dataclasses.replace(block, code=code), tmp_path)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.id}: still running after {TIMEOUT} s")
     offset = PRELUDE.count("\n")

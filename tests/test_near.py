@@ -46,13 +46,21 @@ def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
         time.sleep(0.01)
 
 
+def hero_database(path: Path) -> Engine:
+    """An engine on a new SQLite file at ``path`` holding one hero, "Spider" (id 1)."""
+    engine = create_engine(f"sqlite:///{path}")
+    SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO hero (id, name, power) VALUES (1, 'Spider', 0)")
+    return engine
+
+
 class Setup:
     """A file SQLite database with one hero, and the cache over Redis with a near cache."""
 
     def __init__(self, tmp_path: Path, url: str, **near: Any) -> None:
         self.path = tmp_path / "near.db"
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
-        SQLModel.metadata.create_all(self.engine, tables=[Hero.__table__])  # type: ignore[list-item]
+        self.engine = hero_database(self.path)
         self.statements: list[str] = []
         event.listen(
             self.engine,
@@ -64,9 +72,6 @@ class Setup:
         SQLModelCache.configure(
             RedisSyncTransport.from_url(url), key_prefix=self.prefix, near_cache=NearCache(**near)
         )
-        with Session(self.engine) as session:
-            session.add(Hero(id=1, name="Spider"))
-            session.commit()
         wait_for(lambda: self.near.tracker.live)
 
     @property
@@ -104,6 +109,13 @@ class Setup:
     def evalshas(self) -> int:
         stats = self.client.info("commandstats").get("cmdstat_evalsha", {"calls": 0})
         return int(stats["calls"])
+
+    def kill_clients(self, flag: str) -> None:
+        """Kill every connection to the server whose ``CLIENT LIST`` flags hold ``flag``."""
+        ids = [c["id"] for c in self.client.client_list() if flag in c["flags"]]
+        assert ids
+        for client_id in ids:
+            self.client.client_kill_filter(_id=client_id)
 
     def write_behind_the_cache(self, name: str) -> None:
         """Another program changes the row, and another process's commit re-tags it."""
@@ -243,10 +255,7 @@ def test_nothing_is_served_while_a_push_is_half_received(
 
 def test_a_killed_tracking_connection_flushes_bypasses_then_recovers(setup: Setup) -> None:
     setup.warm()
-    tracking = [c for c in setup.client.client_list() if "t" in c["flags"]]
-    assert tracking
-    for connection in tracking:
-        setup.client.client_kill_filter(_id=connection["id"])
+    setup.kill_clients("t")  # tracking
     setup.write_behind_the_cache("Venom")  # a write while the pushes cannot arrive
     assert setup.name() == "Venom"
     assert setup.near.size() == (0, 0)
@@ -355,11 +364,7 @@ def test_async_gets_are_served_from_the_near_cache(
     import asyncio
 
     path = tmp_path / "async.db"
-    sync_engine = create_engine(f"sqlite:///{path}")
-    SQLModel.metadata.create_all(sync_engine, tables=[Hero.__table__])  # type: ignore[list-item]
-    with sync_engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO hero (id, name, power) VALUES (1, 'Spider', 0)")
-    sync_engine.dispose()
+    hero_database(path).dispose()
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
 
     async def main() -> list[str]:
@@ -409,11 +414,7 @@ def test_a_forked_child_does_not_use_the_parent_s_near_cache(setup: Setup) -> No
 
 
 def test_an_unreachable_server_costs_no_exception(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
-    with Session(engine) as session:
-        session.add(Hero(id=1, name="Spider"))
-        session.commit()
+    engine = hero_database(tmp_path / "x.db")
     port = servers._free_port()
     SQLModelCache.configure(
         RedisSyncTransport.from_url(f"redis://127.0.0.1:{port}", timeout=0.05),
@@ -584,10 +585,7 @@ def test_keyspace_mode_own_commit_and_flush(keyspace: Setup) -> None:
 
 def test_keyspace_mode_lost_subscriber_flushes_and_recovers(keyspace: Setup) -> None:
     keyspace.warm()
-    subscribers = [c for c in keyspace.client.client_list() if "P" in c["flags"]]
-    assert subscribers
-    for connection in subscribers:
-        keyspace.client.client_kill_filter(_id=connection["id"])
+    keyspace.kill_clients("P")  # pattern subscribers
     keyspace.write_behind_the_cache("Venom")
     assert keyspace.name() == "Venom"
     wait_for(lambda: keyspace.near.tracker.live)
@@ -613,11 +611,7 @@ def test_a_server_refusing_tracking_gets_no_near_cache_unless_keyspace_is_asked_
     )  # fmt: skip
     url = redis_server.url.replace("redis://", f"redis://{user}:secret@")
     try:
-        engine = create_engine(f"sqlite:///{tmp_path / 'acl.db'}")
-        SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
-        with Session(engine) as session:
-            session.add(Hero(id=1, name="Spider"))
-            session.commit()
+        engine = hero_database(tmp_path / "acl.db")
         SQLModelCache.configure(
             RedisSyncTransport.from_url(url),
             key_prefix=f"a{os.urandom(6).hex()}",
@@ -656,11 +650,7 @@ def test_keyspace_mode_stops_when_notifications_are_turned_off(
 def test_keyspace_mode_needs_the_server_to_notify(
     tmp_path: Path, redis_server: servers.RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'k.db'}")
-    SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
-    with Session(engine) as session:
-        session.add(Hero(id=1, name="Spider"))
-        session.commit()
+    engine = hero_database(tmp_path / "k.db")
     SQLModelCache.configure(
         RedisSyncTransport.from_url(redis_server.url),
         key_prefix=f"k{os.urandom(6).hex()}",
