@@ -54,13 +54,23 @@ def _python_type(sql_type: TypeEngine[Any]) -> type | None:
     return None
 
 
-def _exact(kind: type) -> Encoder:
-    def encode(value: Any) -> Any:
-        if type(value) is not kind:
-            raise Unsupported(kind.__name__)
+class _Exact:
+    """Passes values of exactly ``kind`` through, rejects anything else. Row decoding
+    checks these inline (``RowCodec.decode_values``) instead of calling them per value."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def __call__(self, value: Any) -> Any:
+        if type(value) is not self.kind:
+            raise Unsupported(self.kind.__name__)
         return value
 
-    return encode
+
+def _exact(kind: type) -> Encoder:
+    return _Exact(kind)
 
 
 def _exact_then(kind: type, convert: Encoder) -> Encoder:
@@ -188,23 +198,28 @@ class RowCodec:
 
     attribute_keys: tuple[str, ...]
     encoders: tuple[Encoder, ...]
-    decoders: tuple[tuple[int, Decoder], ...]  # only the columns that need converting back
+    exact_types: tuple[tuple[int, type], ...]  # columns decoded by a type check alone
+    converters: tuple[tuple[int, Decoder], ...]  # columns whose JSON value is converted back
     schema: bytes
 
     @classmethod
     def build(cls, table_name: str, columns: Sequence[tuple[str, TypeEngine[Any]]]) -> RowCodec:
         """Raises :class:`Unsupported` when a column type cannot be stored faithfully."""
         encoders: list[Encoder] = []
-        decoders: list[tuple[int, Decoder]] = []
+        exact_types: list[tuple[int, type]] = []
+        converters: list[tuple[int, Decoder]] = []
         for index, (_, sql_type) in enumerate(columns):
             encoder, decoder = column_codec(sql_type)
             encoders.append(encoder)
-            if decoder is not None:
-                decoders.append((index, decoder))
+            if isinstance(decoder, _Exact):
+                exact_types.append((index, decoder.kind))
+            elif decoder is not None:
+                converters.append((index, decoder))
         description = repr((FORMAT_VERSION, table_name, [(k, repr(t)) for k, t in columns]))
         digest = hashlib.sha256(description.encode("utf-8")).hexdigest()
         schema = f"{FORMAT_VERSION:x}{digest[:15]}".encode("ascii")
-        return cls(tuple(key for key, _ in columns), tuple(encoders), tuple(decoders), schema)
+        keys = tuple(key for key, _ in columns)
+        return cls(keys, tuple(encoders), tuple(exact_types), tuple(converters), schema)
 
     def encode_values(self, state_dict: dict[str, Any]) -> list[Any]:
         """The JSON-ready values in ``state_dict``; raises :class:`Unsupported`."""
@@ -217,13 +232,20 @@ class RowCodec:
         return values
 
     def decode_values(self, values: Any) -> dict[str, Any]:
-        """The attribute dict of JSON values; raises on anything that is not a valid row."""
+        """The attribute dict of JSON values; raises on anything that is not a valid row.
+
+        This runs once per cached row served (100 times for a 100-row result), so the type
+        checks are inline rather than a decoder call per column."""
         if type(values) is not list or len(values) != len(self.attribute_keys):
             raise Unsupported("not a row")
-        for index, decoder in self.decoders:
+        for index, kind in self.exact_types:
+            value = values[index]
+            if type(value) is not kind and value is not None:
+                raise Unsupported(kind.__name__)
+        for index, decoder in self.converters:
             if values[index] is not None:
                 values[index] = decoder(values[index])
-        return dict(zip(self.attribute_keys, values, strict=True))
+        return dict(zip(self.attribute_keys, values))  # noqa: B905 - length checked above
 
     def encode(self, state_dict: dict[str, Any]) -> bytes:
         """JSON body of the values in ``state_dict``; raises :class:`Unsupported`."""

@@ -17,19 +17,48 @@ def instance_for(session: Session, plan: ModelPlan, values: dict[str, Any]) -> o
     """The session's object for this row: the one already in its identity map (unchanged, as
     a query without ``populate_existing`` would leave it), or a persistent instance built
     directly from the cached values, exactly as a load builds it (no validation, no copy)."""
-    mapper = plan.mapper
-    identity = mapper.identity_key_from_primary_key(
-        tuple(values[k] for k in plan.pk_attribute_keys)
-    )
-    existing = session.identity_map.get(identity)
-    if existing is not None:
-        return existing
-    instance = attach_loaded(session, mapper, identity, values)
+    instance = instances_for(session, plan, [values])[0]
     for key in plan.eager_relationships:
         # NOTE: eager relationships load now, as they would have with the row, so code that
         # relies on lazy="selectin" (e.g. under AsyncSession) finds them loaded.
         getattr(instance, key)
     return instance
+
+
+def instances_for(
+    session: Session, plan: ModelPlan, rows: Sequence[dict[str, Any] | None]
+) -> list[Any]:
+    """:func:`instance_for` for each row of a result (``None`` stays ``None``), without
+    loading eager relationships (results of models that have them are not cached).
+
+    This is the per-row cost of a cached result: everything per model is looked up once,
+    and new objects join the session together."""
+    identity_map = session.identity_map
+    # NOTE: in a session that holds nothing yet (the common case), only this result's
+    # own repeats (a join can repeat an entity) need looking up: a plain dict is enough.
+    seen: dict[Any, Any] | None = {} if not len(identity_map) else None
+    find = identity_map.get if seen is None else seen.get
+    identity_class = plan.identity_class
+    primary_key = plan.primary_key_of
+    make_instance = plan.make_instance
+    instances: list[Any] = []
+    new_identities: list[Any] = []
+    new_instances: list[Any] = []
+    for values in rows:
+        if values is None:
+            instances.append(None)
+            continue
+        identity = (identity_class, primary_key(values), None)
+        instance = find(identity)
+        if instance is None:
+            instance = make_instance(values)
+            new_identities.append(identity)
+            new_instances.append(instance)
+            if seen is not None:
+                seen[identity] = instance
+        instances.append(instance)
+    attach_loaded(session, new_identities, new_instances)
+    return instances
 
 
 def hash_or_id(value: Any) -> int:

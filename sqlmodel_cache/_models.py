@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Column
@@ -13,7 +15,7 @@ from sqlalchemy.sql import ClauseElement
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import RowCodec, Unsupported, encode_key_part, key_canonicalizer
-from sqlmodel_cache._compat import get_clause
+from sqlmodel_cache._compat import get_clause, identity_class_of, instance_maker
 from sqlmodel_cache._config import CacheConfig
 
 logger = logging.getLogger("sqlmodel_cache")
@@ -39,6 +41,24 @@ class ModelPlan:
     row_tag_key: str
     data_tag_key: str
     table_prefix: str
+
+    @cached_property
+    def make_instance(self) -> Callable[[dict[str, Any]], object]:
+        """Builds a new instance around an attribute dict (see :func:`instance_maker`);
+        worked out at the first hit, when the mappers are surely configured."""
+        return instance_maker(self.mapper)
+
+    @cached_property
+    def identity_class(self) -> type:
+        return identity_class_of(self.mapper)
+
+    @cached_property
+    def primary_key_of(self) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+        """The primary key tuple of an attribute dict (an identity key's middle part)."""
+        if len(self.pk_attribute_keys) == 1:
+            (key,) = self.pk_attribute_keys
+            return lambda values: (values[key],)
+        return itemgetter(*self.pk_attribute_keys)
 
     def row_key_for(self, pk_values: tuple[Any, ...]) -> str:
         """The row key for ``pk_values``; raises :class:`Unsupported` for keys it cannot

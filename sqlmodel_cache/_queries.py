@@ -30,7 +30,7 @@ from sqlalchemy.sql.visitors import iterate
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import FORMAT_VERSION, Decoder, Encoder, Unsupported, column_codec, dumps
-from sqlmodel_cache._instances import hash_or_id, instance_for, result_rows, rows_result
+from sqlmodel_cache._instances import hash_or_id, instances_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import fetch, forget, own_writes_block, read_bypass, store
 from sqlmodel_cache._state import Runtime
@@ -309,28 +309,24 @@ def _decode(
         data = orjson.loads(body)
         if type(data) is not list:
             return None
-        decoded = []
-        for row in data:
-            if type(row) is not list or len(row) != len(shape.cells):
+        width = len(shape.cells)
+        for row in data:  # each row is decoded in place: orjson made it, nothing shares it
+            if type(row) is not list or len(row) != width:
                 return None
-            values: list[Any] = []
-            for cell, value in zip(shape.cells, row, strict=True):
+            for index, cell in enumerate(shape.cells):
+                value = row[index]
                 if value is None:
-                    values.append(None)
-                elif isinstance(cell, EntityCell):
-                    values.append(cell.plan.codec.decode_values(value))  # attributes, for now
-                else:
-                    values.append(value if cell.decoder is None else cell.decoder(value))
-            decoded.append(values)
+                    continue
+                if isinstance(cell, EntityCell):
+                    row[index] = cell.plan.codec.decode_values(value)  # attributes, for now
+                elif cell.decoder is not None:
+                    row[index] = cell.decoder(value)
     except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
         return None
     # Only a fully valid entry touches the session: objects join it after every row decoded.
-    session = state.session
-    entities = [
-        (index, cell.plan) for index, cell in enumerate(shape.cells) if isinstance(cell, EntityCell)
-    ]
-    for values in decoded:
-        for index, plan in entities:
-            if values[index] is not None:
-                values[index] = instance_for(session, plan, values[index])
-    return [tuple(values) for values in decoded]
+    for index, cell in enumerate(shape.cells):
+        if isinstance(cell, EntityCell):
+            column = instances_for(state.session, cell.plan, [row[index] for row in data])
+            for row, instance in zip(data, column, strict=True):
+                row[index] = instance
+    return [tuple(row) for row in data]

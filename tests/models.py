@@ -119,6 +119,22 @@ class Book(SQLModel, table=True):
     author: Author | None = Relationship(back_populates="books")
 
 
+class Newborn(SQLModel, table=True):
+    """A model with its own ``__new__``: cached instances must be built through it."""
+
+    __cache_config__ = CacheConfig(queries=True)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Newborn":
+        instance = super().__new__(cls, *args, **kwargs)
+        NEWBORN_BIRTHS.append(cls)
+        return instance
+
+
+NEWBORN_BIRTHS: list[type] = []
+
+
 class Base(DeclarativeBase):
     """Plain SQLAlchemy declarative models work too."""
 
