@@ -33,13 +33,10 @@ from typing import Any
 from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache._stats import Stats
+from sqlmodel_cache.transport._connections import connection_factory, connection_kwargs
 from sqlmodel_cache.transport._protocols import Fetched
-from sqlmodel_cache.transport._redis import (
-    RedisAsyncTransport,
-    RedisSyncTransport,
-    _connection_kwargs,
-)
-from sqlmodel_cache.transport._tracking import Tracker, connection_factory
+from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport
+from sqlmodel_cache.transport._tracking import Tracker
 
 #: Bytes a stored entry costs beyond its key and value bytes: the ``str``, ``bytes``,
 #: tuple and float objects, the ordered dict's slot and link. tracemalloc measures 230 to
@@ -136,7 +133,7 @@ class NearStore:
             heartbeat=settings.heartbeat,
             lock=self._lock,
             mode=settings.invalidation,
-            db=int(_connection_kwargs(client).get("db") or 0),
+            db=int(connection_kwargs(client).get("db") or 0),
         )
         _STORES.add(self)
 

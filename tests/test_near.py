@@ -26,13 +26,8 @@ from sqlmodel_cache.transport import (
     RedisAsyncTransport,
     RedisSyncTransport,
 )
-from sqlmodel_cache.transport._tracking import (
-    Incomplete,
-    ProtocolError,
-    command,
-    parse,
-    read_reply,
-)
+from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, command, parse
+from sqlmodel_cache.transport._tracking import read_reply
 from tests import servers
 from tests.models import Hero
 
@@ -487,11 +482,11 @@ def test_reset_stops_the_tracking_connection(
     ("raw", "value"),
     [
         (b"+OK\r\n", b"OK"),
-        (b":42\r\n", b"42"),
+        (b":42\r\n", 42),
         (b"_\r\n", None),
         (b"$5\r\nhello\r\n", b"hello"),
         (b"$-1\r\n", None),
-        (b"*2\r\n$1\r\na\r\n:1\r\n", [b"a", b"1"]),
+        (b"*2\r\n$1\r\na\r\n:1\r\n", [b"a", 1]),
         (b"%1\r\n+k\r\n+v\r\n", [b"k", b"v"]),
         (b"~1\r\n#t\r\n", [b"t"]),
         (b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nkey\r\n", ("push", [b"invalidate", [b"key"]])),

@@ -24,7 +24,9 @@ from importlib import resources
 from typing import Any
 
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
+from sqlmodel_cache.transport._connections import connection_kwargs, lane_for
 from sqlmodel_cache.transport._protocols import Fetched
+from sqlmodel_cache.transport._resp import command
 
 
 def _script_source(name: str) -> str:
@@ -34,14 +36,6 @@ def _script_source(name: str) -> str:
 _SCRIPTS = ("fetch", "fill", "invalidate")
 
 logger = logging.getLogger("sqlmodel_cache")
-
-
-def _connection_kwargs(client: Any) -> dict[str, Any]:
-    get_kwargs = getattr(client, "get_connection_kwargs", None)
-    if callable(get_kwargs):
-        return dict(get_kwargs())
-    pool = getattr(client, "connection_pool", None)
-    return dict(getattr(pool, "connection_kwargs", {}) or {})
 
 
 def _check_client(client: object, kind: str) -> None:
@@ -55,7 +49,7 @@ def _check_client(client: object, kind: str) -> None:
         raise ConfigurationError(
             f"{kind} needs a redis-py client with register_script(), got {type(client).__name__}"
         )
-    if _connection_kwargs(client).get("decode_responses"):
+    if connection_kwargs(client).get("decode_responses"):
         raise ConfigurationError(
             f"{kind} needs a client created with decode_responses=False (the default): "
             "cache entries are bytes, and decoding them to str would corrupt them"
@@ -120,7 +114,7 @@ def _bounded(options: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _warn_if_unbounded(client: Any, kind: str) -> None:
-    kwargs = _connection_kwargs(client)
+    kwargs = connection_kwargs(client)
     if kwargs and kwargs.get("socket_timeout") is None:
         logger.warning(
             "%s: the client has no socket_timeout, so an unreachable Redis can block a read "
@@ -131,16 +125,19 @@ def _warn_if_unbounded(client: Any, kind: str) -> None:
 
 
 class _Script:
-    """A script run with a bare ``EVALSHA``. redis-py's ``Script`` object costs a few
-    microseconds more per call, a tenth of a hit; it is kept to load the script when the
-    server does not have it (a new or restarted server, ``SCRIPT FLUSH``)."""
+    """A script run with a bare ``EVALSHA``, on the transport's lane when the client has one
+    (see ``_connections``). redis-py's ``Script`` object is kept to load the script when
+    the server does not have it (a new or restarted server, ``SCRIPT FLUSH``)."""
 
-    def __init__(self, client: Any, source: str) -> None:
+    def __init__(self, client: Any, source: str, lane: Any) -> None:
         self._client = client
+        self._lane = lane
         self._script = client.register_script(source)
         self._no_script: type[Exception] = _import_redis().exceptions.NoScriptError
 
     def _evalsha(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._lane is not None:
+            return self._lane.execute(command("EVALSHA", self._script.sha, len(keys), *keys, *args))
         return self._client.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
 
@@ -164,7 +161,10 @@ def _scripts_for(client: Any, kind: str, script: type[_Script]) -> tuple[Any, An
     """Check ``client`` for a transport of ``kind`` and register the scripts on it."""
     _check_client(client, kind)
     _warn_if_unbounded(client, kind)
-    fetch, fill, invalidate = (script(client, _script_source(f"{name}.lua")) for name in _SCRIPTS)
+    lane = lane_for(client)
+    fetch, fill, invalidate = (
+        script(client, _script_source(f"{name}.lua"), lane) for name in _SCRIPTS
+    )
     return fetch, fill, invalidate
 
 

@@ -21,7 +21,6 @@ connection tracks again.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import select
 import socket
@@ -31,69 +30,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, command, parse
+
 logger = logging.getLogger("sqlmodel_cache")
-
-
-class Incomplete(Exception):
-    """The buffer ends inside a message: wait for more bytes."""
-
-
-class ProtocolError(Exception):
-    """The connection sent something that is not RESP3."""
-
-
-def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
-    """One RESP3 value from ``buffer[pos:]`` and the position after it.
-
-    Pushes come back as ``("push", [items])``, errors as :class:`ProtocolError` instances,
-    maps as lists of alternating keys and values; that is all the tracker needs."""
-    end = buffer.find(b"\r\n", pos)
-    if end < 0:
-        raise Incomplete
-    kind = buffer[pos : pos + 1]
-    line = bytes(buffer[pos + 1 : end])
-    pos = end + 2
-    if kind in (b"+", b"("):
-        return line, pos
-    if kind == b"-":
-        return ProtocolError(line.decode("utf-8", "replace")), pos
-    if kind in (b":", b",", b"#"):
-        return line, pos
-    if kind == b"_":
-        return None, pos
-    if kind in (b"$", b"=", b"!"):
-        size = int(line)
-        if size < 0:
-            return None, pos
-        if len(buffer) < pos + size + 2:
-            raise Incomplete
-        data = bytes(buffer[pos : pos + size])
-        if kind == b"!":
-            return ProtocolError(data.decode("utf-8", "replace")), pos + size + 2
-        return data, pos + size + 2
-    if kind in (b"*", b">", b"~", b"%", b"|"):
-        count = int(line)
-        if count < 0:
-            return None, pos
-        if kind in (b"%", b"|"):
-            count *= 2
-        items = []
-        for _ in range(count):
-            item, pos = parse(buffer, pos)
-            items.append(item)
-        if kind == b"|":  # an attribute annotates the value that follows: skip it
-            return parse(buffer, pos)
-        return (("push", items) if kind == b">" else items), pos
-    raise ProtocolError(f"unexpected RESP3 type byte {kind!r}")
-
-
-def command(*parts: str | bytes) -> bytes:
-    """``parts`` encoded as a RESP command."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 def read_reply(sock: socket.socket) -> tuple[Any, bytes]:
@@ -110,47 +49,6 @@ def read_reply(sock: socket.socket) -> tuple[Any, bytes]:
         except Incomplete:
             continue
         return value, bytes(buffer[pos:])
-
-
-def _sync_connection_class(client: Any) -> Any:
-    """The redis-py sync connection class matching ``client``'s (sync or asyncio) pool."""
-    import redis.connection
-
-    pool = getattr(client, "connection_pool", None)
-    name = type(pool).__name__ if pool is None else pool.connection_class.__name__
-    if "Unix" in name:
-        return redis.connection.UnixDomainSocketConnection
-    if "SSL" in name:
-        return redis.connection.SSLConnection
-    return redis.connection.Connection
-
-
-def _accepted(connection_class: Any) -> set[str]:
-    names: set[str] = set()
-    for klass in connection_class.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            names.update(inspect.signature(init).parameters)
-    return names - {"self", "args", "kwargs"}
-
-
-def connection_factory(client: Any, timeout: float) -> Callable[..., Any]:
-    """A function making a new sync connection (RESP3 unless told ``protocol=2``), not yet
-    connected, to the server behind ``client``."""
-    from sqlmodel_cache.transport._redis import _connection_kwargs
-
-    connection_class = _sync_connection_class(client)
-    accepted = _accepted(connection_class)
-    options = {k: v for k, v in _connection_kwargs(client).items() if k in accepted}
-    options.update(protocol=3, socket_timeout=timeout, socket_connect_timeout=timeout)
-    # redis-py 7+'s maintenance notifications hook into its own parser, which these
-    # connections do not use after the handshake (and which needs RESP3).
-    for name in [name for name in options if name.startswith("maint_notifications")]:
-        options[name] = None
-    for unwanted in ("client_name", "retry", "health_check_interval", "credential_provider"):
-        if unwanted in options and options[unwanted] is None:
-            del options[unwanted]
-    return lambda protocol=3: connection_class(**{**options, "protocol": protocol})
 
 
 class Refused(Exception):

@@ -1,0 +1,240 @@
+"""Connections of the transports' own: for the scripts every read runs, and for the tracker.
+
+Every cache read is one ``EVALSHA``. Sent through the client (``client.execute_command``)
+it cost 42 µs on the benchmark machine, where the same command on a connection costs 16:
+the client packs each argument, checks a connection out of its pool with a health probe,
+records its observability metrics and wraps the call in its retry policy; with asyncio it
+is 83 µs against 20. That overhead was a third of a whole ``session.get()`` hit, so the
+transports send their scripts on connections they keep at hand (a *lane*):
+
+* sync: one connection per thread, made as the client's pool makes its connections (same
+  class and options: host or unix socket, TLS, credentials, database, timeouts), outside
+  the pool, so a thread that ends takes its connection with it;
+* asyncio: per event loop, a few connections checked out of the client's own pool and kept
+  (surplus ones go back), so ``await client.aclose()`` closes them like any other.
+
+redis-py makes and connects them; the sync lane then uses its public connection API
+(``send_packed_command`` / ``read_response``), which does the protocol, the timeout and the
+disconnect on any error; the asyncio lane does that exchange itself (see
+:class:`AsyncLane`). A broken connection reconnects on its next use.
+
+What a lane gives up is the client's retry policy: a failed read is a cache miss anyway
+(fail open), and a failed invalidation is retried by the core. Cluster and Sentinel
+clients, whose pools pick the server per key or per connection, have no lane and go
+through the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, parse
+
+#: Connections an asyncio lane keeps per event loop between calls (at most a quarter of
+#: the pool's ``max_connections``, so the application's own commands always find some); a
+#: burst of concurrent reads above this checks more out of the pool and gives them back.
+ASYNC_IDLE_LIMIT = 8
+
+#: Bytes an asyncio lane asks its stream for at a time.
+READ_SIZE = 65536
+
+
+def connection_kwargs(client: Any) -> dict[str, Any]:
+    get_kwargs = getattr(client, "get_connection_kwargs", None)
+    if callable(get_kwargs):
+        return dict(get_kwargs())
+    pool = getattr(client, "connection_pool", None)
+    return dict(getattr(pool, "connection_kwargs", {}) or {})
+
+
+def _sync_connection_class(client: Any) -> Any:
+    """The redis-py sync connection class matching ``client``'s (sync or asyncio) pool."""
+    import redis.connection
+
+    pool = getattr(client, "connection_pool", None)
+    name = type(pool).__name__ if pool is None else pool.connection_class.__name__
+    if "Unix" in name:
+        return redis.connection.UnixDomainSocketConnection
+    if "SSL" in name:
+        return redis.connection.SSLConnection
+    return redis.connection.Connection
+
+
+def _accepted(connection_class: Any) -> set[str]:
+    names: set[str] = set()
+    for klass in connection_class.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return names - {"self", "args", "kwargs"}
+
+
+def connection_factory(client: Any, timeout: float | None = None) -> Callable[..., Any]:
+    """A function making a new sync connection (RESP3 unless told ``protocol=2``), not yet
+    connected, to the server behind ``client``; ``timeout`` replaces the client's socket
+    and connect timeouts."""
+    connection_class = _sync_connection_class(client)
+    accepted = _accepted(connection_class)
+    options = {k: v for k, v in connection_kwargs(client).items() if k in accepted}
+    options["protocol"] = 3
+    if timeout is not None:
+        options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+    # redis-py 7+'s maintenance notifications hook into its own pool and parser, which
+    # these connections do not belong to (and which needs RESP3).
+    for name in [name for name in options if name.startswith("maint_notifications")]:
+        options[name] = None
+    for unwanted in ("client_name", "retry", "health_check_interval", "credential_provider"):
+        if unwanted in options and options[unwanted] is None:
+            del options[unwanted]
+    return lambda protocol=3: connection_class(**{**options, "protocol": protocol})
+
+
+def _has_plain_pool(client: Any, module: Any) -> bool:
+    """True when every connection of ``client``'s pool goes to the one server it names."""
+    pool: Any = getattr(client, "connection_pool", None)
+    return type(pool) in (module.ConnectionPool, module.BlockingConnectionPool) and (
+        pool.connection_class
+        in (module.Connection, module.SSLConnection, module.UnixDomainSocketConnection)
+    )
+
+
+class SyncLane:
+    """One connection per thread (and per process: a forked child makes its own)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._local = threading.local()
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def execute(self, packed: bytes) -> Any:
+        """Send one packed command and return its reply; raises what redis-py raises
+        (an error reply as ``ResponseError``, after which the connection is still fine)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.pid != os.getpid():
+            connection = self._make()
+            self._local.connection = connection
+            self._opened.add(connection)
+        connection.send_packed_command([packed], check_health=False)
+        return connection.read_response()
+
+    def close(self) -> None:
+        for connection in list(self._opened):
+            connection.disconnect()
+
+
+class AsyncLane:
+    """Per event loop, connections checked out of the client's pool and kept idle here.
+
+    redis-py connects them (handshake, TLS, credentials); the exchange itself is done
+    here, on the connection's stream, because redis-py's asyncio send and read add 30 µs
+    to a 20 µs round trip (a task per send for its timeout, a parser built for streaming)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        # redis-py before 5.3 wants a command name when checking a connection out.
+        wants_name = inspect.signature(pool.get_connection).parameters.get("command_name")
+        self._checkout = () if wants_name is None or wants_name.default is None else ("EVALSHA",)
+        self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        pool_size = getattr(pool, "max_connections", None) or ASYNC_IDLE_LIMIT * 4
+        self._keep = min(ASYNC_IDLE_LIMIT, pool_size // 4)
+
+    async def execute(self, packed: bytes) -> Any:
+        """As :meth:`SyncLane.execute`, awaited."""
+        loop = asyncio.get_running_loop()
+        idle = self._idle.get(loop)
+        if idle is None:
+            idle = self._idle[loop] = []
+        connection = idle.pop() if idle else await self._pool.get_connection(*self._checkout)
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+            reply = await _with_timeout(
+                connection.socket_timeout, _exchange(connection._reader, connection._writer, packed)
+            )
+        except BaseException:
+            # Whatever happened (a timeout, a cancellation), the reply may still come: a
+            # connection is only reused in step with the server.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            if len(idle) < self._keep:
+                idle.append(connection)
+            else:
+                await self._pool.release(connection)
+        if isinstance(reply, ProtocolError):
+            raise _error_reply(str(reply))
+        return reply
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, packed: bytes
+) -> Any:
+    """Send one command, read its one reply (RESP3 pushes before it are skipped)."""
+    writer.write(packed)
+    buffer = bytearray()
+    while True:
+        chunk = await reader.read(READ_SIZE)
+        if not chunk:
+            raise _redis_exceptions().ConnectionError("the server closed the connection")
+        buffer += chunk
+        while True:
+            try:
+                value, end = parse(buffer, 0)
+            except Incomplete:
+                break
+            del buffer[:end]
+            if type(value) is tuple:  # a push (a maintenance notification): not the reply
+                continue
+            if buffer:
+                raise ProtocolError("bytes after the reply")
+            return value
+
+
+async def _with_timeout(seconds: float | None, exchange: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``exchange`` for at most ``seconds`` (``None``: no limit), raising redis-py's
+    ``TimeoutError`` as its own connections do."""
+    if seconds is None:
+        return await exchange
+    try:
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(seconds):
+                return await exchange
+        return await asyncio.wait_for(exchange, seconds)
+    except asyncio.TimeoutError:
+        raise _redis_exceptions().TimeoutError("timeout reading the reply") from None
+
+
+def _error_reply(message: str) -> Exception:
+    """The redis-py exception for an error reply (the transport looks for NOSCRIPT)."""
+    exceptions = _redis_exceptions()
+    if message.startswith("NOSCRIPT"):
+        return exceptions.NoScriptError(message)  # type: ignore[no-any-return]
+    return exceptions.ResponseError(message)  # type: ignore[no-any-return]
+
+
+def _redis_exceptions() -> Any:
+    import redis.exceptions
+
+    return redis.exceptions
+
+
+def lane_for(client: Any) -> SyncLane | AsyncLane | None:
+    """The lane for a plain (single server) redis-py client, or ``None``."""
+    import redis.asyncio.connection
+    import redis.connection
+
+    if _has_plain_pool(client, redis.connection):
+        make = connection_factory(client)
+        return SyncLane(lambda: make(protocol=2))
+    if _has_plain_pool(client, redis.asyncio.connection):
+        return AsyncLane(client.connection_pool)
+    return None

@@ -1,0 +1,264 @@
+"""The transports' own connections (``transport/_connections.py``), against a real Redis.
+
+A hit sends its script on a lane, not through the client; these tests pin that down and
+check what the client would otherwise have given: reconnecting, timeouts, forks, scripts
+the server lost, pool limits, and clients that must keep going through redis-py."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.sentinel
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel import Session
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from sqlmodel_cache import SQLModelCache
+from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
+from sqlmodel_cache.transport._connections import AsyncLane, SyncLane, lane_for
+from tests import servers
+from tests.models import Hero
+from tests.test_near import hero_database
+
+pytestmark = pytest.mark.redis
+
+
+class NoClientCalls:
+    """Fails any command sent through the client itself: only lanes may talk."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.original = client.execute_command
+
+    def __enter__(self) -> NoClientCalls:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"sent through the client: {args[:1]}")
+
+        self.client.execute_command = refuse
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.execute_command = self.original
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    built = hero_database(tmp_path / "lanes.db")
+    yield built
+    built.dispose()
+
+
+@pytest.fixture
+def sync_cache(redis_server: servers.RedisServer, engine: Engine) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.25)
+    SQLModelCache.configure(RedisSyncTransport(client), key_prefix=f"l{os.urandom(4).hex()}")
+    yield client
+    SQLModelCache.reset()
+    client.close()
+
+
+def _name(engine: Engine) -> str | None:
+    with Session(engine) as session:
+        hero = session.get(Hero, 1)
+        return None if hero is None else hero.name
+
+
+def _counts() -> tuple[int, int, int]:
+    stats = SQLModelCache.stats()["Hero"]
+    return stats.get("hits", 0), stats.get("misses", 0), stats.get("errors", 0)
+
+
+def _lane_connections(client: redis.Redis) -> list[dict[str, Any]]:
+    """Connections of the lanes: every client connection but the inspecting one."""
+    me = client.client_id()
+    return [c for c in client.client_list() if int(c["id"]) != me]
+
+
+def test_hits_misses_and_fills_go_through_the_lane(sync_cache: redis.Redis, engine: Engine) -> None:
+    # The server may not have the scripts yet: loading them uses the client.
+    _name(engine)
+    SQLModelCache.invalidate(Hero, 1)
+    with NoClientCalls(sync_cache):
+        SQLModelCache.invalidate(Hero, 1)
+        assert _name(engine) == "Spider"  # miss: fetch, then fill
+        assert _name(engine) == "Spider"  # hit
+    assert _counts() == (1, 2, 0)
+    assert sync_cache.info("commandstats")["cmdstat_evalsha"]["calls"] >= 5
+
+
+def test_a_killed_lane_connection_costs_one_miss_then_reconnects(
+    sync_cache: redis.Redis, engine: Engine, redis_server: servers.RedisServer
+) -> None:
+    _name(engine)
+    assert _name(engine) == "Spider"
+    inspector = redis.Redis.from_url(redis_server.url)
+    for connection in _lane_connections(inspector):
+        inspector.client_kill_filter(_id=connection["id"])
+    assert _name(engine) == "Spider"  # the read failed open to the database
+    assert _name(engine) == "Spider"  # and the lane reconnected
+    assert _counts() == (2, 1, 1)
+    inspector.close()
+
+
+def test_a_flushed_script_is_loaded_again(sync_cache: redis.Redis, engine: Engine) -> None:
+    _name(engine)
+    sync_cache.script_flush()
+    assert _name(engine) == "Spider"
+    assert _counts() == (1, 1, 0)  # NOSCRIPT is no error: the script is loaded and run
+
+
+def test_each_thread_has_its_own_connection_while_it_runs(
+    sync_cache: redis.Redis, engine: Engine, redis_server: servers.RedisServer
+) -> None:
+    import threading
+
+    _name(engine)
+    inspector = redis.Redis.from_url(redis_server.url)
+    before = len(_lane_connections(inspector))
+    seen: list[Any] = []
+
+    def read() -> None:
+        seen.append(_name(engine))
+        seen.append(len(_lane_connections(inspector)))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert seen == ["Spider", before + 1]
+    assert len(_lane_connections(inspector)) == before  # it left with the thread
+    assert _counts() == (1, 1, 0)
+    inspector.close()
+
+
+def _child_reads(engine_url: str, redis_url: str, results: Any) -> None:
+    from sqlmodel import create_engine
+
+    engine = create_engine(engine_url)
+    names = [_name(engine), _name(engine)]
+    inspector = redis.Redis.from_url(redis_url)
+    results.put([*names, _counts(), len(_lane_connections(inspector))])
+    inspector.close()
+
+
+def test_a_forked_child_opens_its_own_connection(
+    sync_cache: redis.Redis, engine: Engine, redis_server: servers.RedisServer
+) -> None:
+    _name(engine)
+    assert _name(engine) == "Spider"
+    inspector = redis.Redis.from_url(redis_server.url)
+    parents = len(_lane_connections(inspector))
+    inspector.close()
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_child_reads, args=(str(engine.url), redis_server.url, results))
+    child.start()
+    got = results.get(timeout=10)
+    child.join(10)
+    assert got[:2] == ["Spider", "Spider"]
+    assert got[2][2] == 0  # no errors
+    assert got[3] == parents + 1  # the child's own lane connection, next to the parent's
+    assert _name(engine) == "Spider"  # and the parent's still works
+    assert _counts() == (2, 1, 0)
+
+
+def test_clients_whose_pool_picks_the_server_have_no_lane(
+    redis_cluster: servers.RedisCluster,
+) -> None:
+    cluster = redis.RedisCluster.from_url(redis_cluster.url)
+    sentinel = redis.sentinel.Sentinel([("127.0.0.1", 1)]).master_for("nowhere")
+    assert lane_for(cluster) is None
+    assert lane_for(sentinel) is None
+    assert isinstance(lane_for(redis.Redis()), SyncLane)
+    assert isinstance(lane_for(redis.asyncio.Redis()), AsyncLane)
+    cluster.close()
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def async_setup(
+    redis_server: servers.RedisServer, engine: Engine
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Any, Any]]:
+    loop = asyncio.new_event_loop()
+    client = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=0.25)
+    async_engine = create_async_engine(f"sqlite+aiosqlite:///{engine.url.database}")
+    SQLModelCache.configure(RedisAsyncTransport(client), key_prefix=f"l{os.urandom(4).hex()}")
+    yield loop, client, async_engine
+    SQLModelCache.reset()
+    loop.run_until_complete(client.aclose())
+    loop.run_until_complete(async_engine.dispose())
+    loop.close()
+
+
+async def _aname(async_engine: Any) -> str | None:
+    async with AsyncSession(async_engine) as session:
+        hero = await session.get(Hero, 1)
+        return None if hero is None else hero.name
+
+
+def test_async_hits_go_through_the_lane(async_setup: Any) -> None:
+    loop, client, async_engine = async_setup
+    with NoClientCalls(client):
+        assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+        assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+    assert _counts() == (1, 1, 0)
+
+
+def test_async_lane_times_out_then_reconnects(
+    async_setup: Any, redis_server: servers.RedisServer
+) -> None:
+    loop, _, async_engine = async_setup
+    loop.run_until_complete(_aname(async_engine))
+    inspector = redis.Redis.from_url(redis_server.url)
+    inspector.execute_command("CLIENT", "PAUSE", "600", "ALL")
+    assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # failed open
+    assert _counts()[2] == 1
+    inspector.execute_command("CLIENT", "UNPAUSE")
+    assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+    assert _counts() == (1, 1, 1)  # the late reply was not taken for the next one's
+    assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+    assert _counts() == (2, 1, 1)
+    inspector.close()
+
+
+def test_async_lane_keeps_a_few_connections_and_gives_the_rest_back(async_setup: Any) -> None:
+    loop, client, async_engine = async_setup
+    loop.run_until_complete(_aname(async_engine))
+
+    async def burst() -> list[str | None]:
+        return list(await asyncio.gather(*(_aname(async_engine) for _ in range(30))))
+
+    assert loop.run_until_complete(burst()) == ["Spider"] * 30
+    pool = client.connection_pool
+    assert len(pool._in_use_connections) <= 8  # kept by the lane, idle
+    assert len(pool._available_connections) >= 1  # the surplus went back
+
+
+def test_async_lane_of_a_small_pool_keeps_nothing(
+    redis_server: servers.RedisServer, engine: Engine
+) -> None:
+    """A pool of 2 is the user's: the lane borrows and always gives back."""
+    loop = asyncio.new_event_loop()
+    client = redis.asyncio.Redis.from_url(redis_server.url, max_connections=2)
+    async_engine = create_async_engine(f"sqlite+aiosqlite:///{engine.url.database}")
+    SQLModelCache.configure(RedisAsyncTransport(client), key_prefix=f"l{os.urandom(4).hex()}")
+    try:
+        assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+        assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+        assert len(client.connection_pool._in_use_connections) == 0
+        assert loop.run_until_complete(client.ping())
+    finally:
+        SQLModelCache.reset()
+        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(async_engine.dispose())
+        loop.close()
