@@ -262,3 +262,45 @@ def test_async_lane_of_a_small_pool_keeps_nothing(
         loop.run_until_complete(client.aclose())
         loop.run_until_complete(async_engine.dispose())
         loop.close()
+
+
+def test_a_custom_connection_class_is_used_with_its_overrides(
+    redis_server: servers.RedisServer, engine: Engine
+) -> None:
+    """A client built with its own connection class (instrumentation, say) gets lane
+    connections of that class, sync and asyncio, and sees every command they send."""
+    sent: list[str] = []
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent.append("sync")
+            super().send_packed_command(command, check_health)
+
+    class AsyncCounting(redis.asyncio.Connection):
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent.append("async")
+            await super().send_packed_command(command, check_health)
+
+    client = redis.Redis.from_url(redis_server.url, connection_class=Counting)
+    SQLModelCache.configure(RedisSyncTransport(client), key_prefix=f"l{os.urandom(4).hex()}")
+    _name(engine)
+    sent.clear()
+    assert _name(engine) == "Spider"
+    assert sent == ["sync"]
+    SQLModelCache.reset()
+    client.close()
+
+    loop = asyncio.new_event_loop()
+    async_client = redis.asyncio.Redis.from_url(redis_server.url, connection_class=AsyncCounting)
+    async_engine = create_async_engine(f"sqlite+aiosqlite:///{engine.url.database}")
+    SQLModelCache.configure(RedisAsyncTransport(async_client), key_prefix="l-custom")
+    try:
+        loop.run_until_complete(_aname(async_engine))
+        sent.clear()
+        assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+        assert sent == ["async"]
+    finally:
+        SQLModelCache.reset()
+        loop.run_until_complete(async_client.aclose())
+        loop.run_until_complete(async_engine.dispose())
+        loop.close()

@@ -76,11 +76,14 @@ def _accepted(connection_class: Any) -> set[str]:
     return names - {"self", "args", "kwargs"}
 
 
-def connection_factory(client: Any, timeout: float | None = None) -> Callable[..., Any]:
+def connection_factory(
+    client: Any, timeout: float | None = None, connection_class: Any = None
+) -> Callable[..., Any]:
     """A function making a new sync connection (RESP3 unless told ``protocol=2``), not yet
-    connected, to the server behind ``client``; ``timeout`` replaces the client's socket
-    and connect timeouts."""
-    connection_class = _sync_connection_class(client)
+    connected, to the server behind ``client``: of ``connection_class`` (by default
+    redis-py's class for the kind of server), with the client's options, where ``timeout``
+    replaces its socket and connect timeouts."""
+    connection_class = connection_class or _sync_connection_class(client)
     accepted = _accepted(connection_class)
     options = {k: v for k, v in connection_kwargs(client).items() if k in accepted}
     options["protocol"] = 3
@@ -97,11 +100,12 @@ def connection_factory(client: Any, timeout: float | None = None) -> Callable[..
 
 
 def _has_plain_pool(client: Any, module: Any) -> bool:
-    """True when every connection of ``client``'s pool goes to the one server it names."""
+    """True when every connection of ``client``'s pool goes to the one server it names
+    (a Sentinel pool is a subclass that asks the sentinels)."""
     pool: Any = getattr(client, "connection_pool", None)
-    return type(pool) in (module.ConnectionPool, module.BlockingConnectionPool) and (
-        pool.connection_class
-        in (module.Connection, module.SSLConnection, module.UnixDomainSocketConnection)
+    return type(pool) in (module.ConnectionPool, module.BlockingConnectionPool) and issubclass(
+        pool.connection_class,
+        (module.Connection, module.SSLConnection, module.UnixDomainSocketConnection),
     )
 
 
@@ -111,7 +115,6 @@ class SyncLane:
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
         self._local = threading.local()
-        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def execute(self, packed: bytes) -> Any:
         """Send one packed command and return its reply; raises what redis-py raises
@@ -120,13 +123,8 @@ class SyncLane:
         if connection is None or connection.pid != os.getpid():
             connection = self._make()
             self._local.connection = connection
-            self._opened.add(connection)
         connection.send_packed_command([packed], check_health=False)
         return connection.read_response()
-
-    def close(self) -> None:
-        for connection in list(self._opened):
-            connection.disconnect()
 
 
 class AsyncLane:
@@ -134,10 +132,17 @@ class AsyncLane:
 
     redis-py connects them (handshake, TLS, credentials); the exchange itself is done
     here, on the connection's stream, because redis-py's asyncio send and read add 30 µs
-    to a 20 µs round trip (a task per send for its timeout, a parser built for streaming)."""
+    to a 20 µs round trip (a task per send for its timeout, a parser built for streaming).
+    A connection class that overrides either (instrumentation, say) is used through them."""
 
     def __init__(self, pool: Any) -> None:
+        from redis.asyncio.connection import Connection
+
         self._pool = pool
+        self._direct = all(
+            getattr(pool.connection_class, name) is getattr(Connection, name)
+            for name in ("send_packed_command", "read_response")
+        )
         # redis-py before 5.3 wants a command name when checking a connection out.
         wants_name = inspect.signature(pool.get_connection).parameters.get("command_name")
         self._checkout = () if wants_name is None or wants_name.default is None else ("EVALSHA",)
@@ -155,24 +160,33 @@ class AsyncLane:
             idle = self._idle[loop] = []
         connection = idle.pop() if idle else await self._pool.get_connection(*self._checkout)
         try:
-            if not connection.is_connected:
-                await connection.connect()
-            reply = await _with_timeout(
-                connection.socket_timeout, _exchange(connection._reader, connection._writer, packed)
-            )
-        except BaseException:
-            # Whatever happened (a timeout, a cancellation), the reply may still come: a
-            # connection is only reused in step with the server.
-            await connection.disconnect(nowait=True)
-            raise
+            if self._direct:
+                return await _direct_exchange(connection, packed)
+            await connection.send_packed_command([packed], check_health=False)
+            return await connection.read_response()
         finally:
             if len(idle) < self._keep:
                 idle.append(connection)
             else:
                 await self._pool.release(connection)
-        if isinstance(reply, ProtocolError):
-            raise _error_reply(str(reply))
-        return reply
+
+
+async def _direct_exchange(connection: Any, packed: bytes) -> Any:
+    """One command and its reply on the stream of a redis-py asyncio connection."""
+    try:
+        if not connection.is_connected:
+            await connection.connect()
+        reply = await _with_timeout(
+            connection.socket_timeout, _exchange(connection._reader, connection._writer, packed)
+        )
+    except BaseException:
+        # Whatever happened (a timeout, a cancellation), the reply may still come: a
+        # connection is only reused in step with the server.
+        await connection.disconnect(nowait=True)
+        raise
+    if isinstance(reply, ProtocolError):
+        raise _error_reply(str(reply))
+    return reply
 
 
 async def _exchange(
@@ -233,7 +247,7 @@ def lane_for(client: Any) -> SyncLane | AsyncLane | None:
     import redis.connection
 
     if _has_plain_pool(client, redis.connection):
-        make = connection_factory(client)
+        make = connection_factory(client, connection_class=client.connection_pool.connection_class)
         return SyncLane(lambda: make(protocol=2))
     if _has_plain_pool(client, redis.asyncio.connection):
         return AsyncLane(client.connection_pool)
