@@ -185,8 +185,21 @@ def key_canonicalizer(sql_type: TypeEngine[Any]) -> Callable[[Any], Any]:
 
 
 def encode_key_part(values: Sequence[Any]) -> str:
-    """A JSON array: quoting and escaping make splicing ambiguities impossible."""
-    return orjson.dumps(list(values)).decode("utf-8")
+    """A JSON array: quoting and escaping make splicing ambiguities impossible. Raises
+    :class:`Unsupported` for what JSON cannot hold (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(list(values)).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise Unsupported(str(exc)) from None
+
+
+def is_int_key(canonicalizer: Callable[[Any], Any]) -> bool:
+    """True for the canonicalizer of an integer key column, whose JSON form is ``str()``."""
+    return isinstance(canonicalizer, _Exact) and canonicalizer.kind is int
+
+
+#: The integers JSON keys hold (orjson's range); others bypass the cache.
+INT_KEY_RANGE = range(-(2**63), 2**64)
 
 
 # -- rows ---------------------------------------------------------------------------------

@@ -14,7 +14,14 @@ from sqlalchemy.orm import Mapper
 from sqlalchemy.sql import ClauseElement
 
 from sqlmodel_cache import _keys
-from sqlmodel_cache._codec import RowCodec, Unsupported, encode_key_part, key_canonicalizer
+from sqlmodel_cache._codec import (
+    INT_KEY_RANGE,
+    RowCodec,
+    Unsupported,
+    encode_key_part,
+    is_int_key,
+    key_canonicalizer,
+)
 from sqlmodel_cache._compat import get_clause, identity_class_of, instance_maker
 from sqlmodel_cache._config import CacheConfig
 
@@ -60,9 +67,22 @@ class ModelPlan:
             return lambda values: (values[key],)
         return itemgetter(*self.pk_attribute_keys)
 
+    @cached_property
+    def _int_key_prefix(self) -> str | None:
+        """For a single integer primary key (most tables), what its row keys start with."""
+        if len(self.key_canonicalizers) == 1 and is_int_key(self.key_canonicalizers[0]):
+            return _keys.row_key(self.table_prefix, "")
+        return None
+
     def row_key_for(self, pk_values: tuple[Any, ...]) -> str:
         """The row key for ``pk_values``; raises :class:`Unsupported` for keys it cannot
         canonicalise (those reads bypass the cache rather than risk a second entry)."""
+        prefix = self._int_key_prefix
+        if prefix is not None and len(pk_values) == 1:
+            # Every hit computes a key: the JSON of [int] is spelled here, as orjson would.
+            value = pk_values[0]
+            if type(value) is int and value in INT_KEY_RANGE:
+                return f"{prefix}[{value}]"
         if len(pk_values) != len(self.key_canonicalizers):
             raise Unsupported("primary key arity")
         canonical = [canon(v) for canon, v in zip(self.key_canonicalizers, pk_values, strict=False)]

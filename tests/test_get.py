@@ -509,6 +509,28 @@ def test_other_key_spellings_bypass_instead_of_making_a_second_entry(env: Env) -
     assert len(env.selects()) == 1
 
 
+def test_integer_keys_are_spelled_as_json_and_huge_ones_bypass(mem_env: Env) -> None:
+    """Integer keys take a shortcut to their JSON spelling; it must be orjson's exactly (an
+    invalidation computes the same key), and an integer JSON cannot hold (beyond 64 bits)
+    reads the database, which then answers as it would without the cache."""
+    from sqlmodel_cache import _state
+    from sqlmodel_cache._codec import encode_key_part
+
+    assert _state.runtime is not None
+    plan = _state.runtime.registry.plan_for(inspect(Hero))
+    assert plan is not None
+    prefix = plan.row_key_for((1,)).rsplit("[", 1)[0]
+    for value in (0, 1, -1, 7, 2**31, 2**63 - 1, -(2**63), 2**64 - 1):
+        assert plan.row_key_for((value,)) == f"{prefix}{encode_key_part([value])}"
+
+    def huge(session: Session) -> object:
+        return session.get(Hero, 2**70)
+
+    with pytest.raises(OverflowError):  # SQLite's own error, as without the cache
+        mem_env.run(huge)
+    assert SQLModelCache.stats()["Hero"]["bypass:key_type"] == 1
+
+
 def test_composite_key(env: Env) -> None:
     """Composite keys work as tuples and dicts and are invalidated on update."""
     env.run(lambda s: (s.add(Membership(org="acme", user_id=1, role="dev")), s.commit()))
