@@ -7,9 +7,9 @@ records its observability metrics and wraps the call in its retry policy; with a
 is 83 µs against 20. That overhead was a third of a whole ``session.get()`` hit, so the
 transports send their scripts on connections they keep at hand (a *lane*):
 
-* sync: one connection per thread, made as the client's pool makes its connections (same
-  class and options: host or unix socket, TLS, credentials, database, timeouts), outside
-  the pool, so a thread that ends takes its connection with it;
+* sync: a few connections that threads take turns on, made as the client's pool makes its
+  connections (same class and options: host or unix socket, TLS, credentials, database,
+  timeouts), but outside the pool;
 * asyncio: per event loop, a few connections checked out of the client's own pool and kept
   (surplus ones go back), so ``await client.aclose()`` closes them like any other.
 
@@ -30,12 +30,15 @@ import asyncio
 import inspect
 import os
 import sys
-import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, parse
+
+#: Connections a sync lane keeps between calls; a burst of concurrent reads from more
+#: threads opens more and closes them after.
+SYNC_IDLE_LIMIT = 16
 
 #: Connections an asyncio lane keeps per event loop between calls (at most a quarter of
 #: the pool's ``max_connections``, so the application's own commands always find some); a
@@ -110,21 +113,34 @@ def _has_plain_pool(client: Any, module: Any) -> bool:
 
 
 class SyncLane:
-    """One connection per thread (and per process: a forked child makes its own)."""
+    """A few idle connections that any thread takes one of for a call and puts back.
+
+    Not one per thread: a server that starts a thread per request would then connect
+    per request. ``list.pop`` and ``list.append`` are atomic, so no lock is needed; a
+    connection a forked child inherits is left to the parent."""
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
-        self._local = threading.local()
+        self._idle: list[Any] = []
 
     def execute(self, packed: bytes) -> Any:
         """Send one packed command and return its reply; raises what redis-py raises
         (an error reply as ``ResponseError``, after which the connection is still fine)."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None or connection.pid != os.getpid():
+        try:
+            connection = self._idle.pop()
+        except IndexError:
             connection = self._make()
-            self._local.connection = connection
-        connection.send_packed_command([packed], check_health=False)
-        return connection.read_response()
+        if connection.pid != os.getpid():
+            connection = self._make()  # the parent's socket: never written to here
+        try:
+            connection.send_packed_command([packed], check_health=False)
+            return connection.read_response()
+        finally:
+            # redis-py disconnected it on any failure; it reconnects on its next use.
+            if len(self._idle) < SYNC_IDLE_LIMIT:
+                self._idle.append(connection)
+            else:
+                connection.disconnect()
 
 
 class AsyncLane:
