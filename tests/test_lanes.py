@@ -313,3 +313,95 @@ def test_a_custom_connection_class_is_used_with_its_overrides(
         loop.run_until_complete(async_client.aclose())
         loop.run_until_complete(async_engine.dispose())
         loop.close()
+
+
+@pytest.fixture(scope="module")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A server reachable only over a unix socket with a password: (socket path, password)."""
+    path = str(tmp_path_factory.mktemp("sock") / "redis.sock")
+    server = servers.start_redis(extra_args=("--unixsocket", path, "--databases", "4"))
+    redis.Redis(unix_socket_path=path).config_set("requirepass", "s3cret")
+    yield path, "s3cret"
+    server.stop()
+
+
+def test_lanes_connect_as_the_client_does(private_server: tuple[str, str], engine: Engine) -> None:
+    """Unix socket, password and database number all come from the client's own options,
+    sync and asyncio: the entries land in database 3, read through the lanes."""
+    path, password = private_server
+    inspector = redis.Redis(unix_socket_path=path, password=password, db=3)
+    client = redis.Redis(unix_socket_path=path, password=password, db=3)
+    SQLModelCache.configure(RedisSyncTransport(client), key_prefix="sync")
+    _name(engine)
+    SQLModelCache.invalidate(Hero, 1)
+    with NoClientCalls(client):
+        _name(engine)
+        assert _name(engine) == "Spider"
+    assert _counts() == (1, 2, 0)
+    SQLModelCache.reset()
+    client.close()
+
+    loop = asyncio.new_event_loop()
+    async_client = redis.asyncio.Redis(unix_socket_path=path, password=password, db=3)
+    async_engine = create_async_engine(f"sqlite+aiosqlite:///{engine.url.database}")
+    SQLModelCache.configure(RedisAsyncTransport(async_client), key_prefix="async")
+    try:
+        loop.run_until_complete(_aname(async_engine))
+        with NoClientCalls(async_client):
+            assert loop.run_until_complete(_aname(async_engine)) == "Spider"
+        assert _counts() == (1, 1, 0)
+    finally:
+        SQLModelCache.reset()
+        loop.run_until_complete(async_client.aclose())
+        loop.run_until_complete(async_engine.dispose())
+        loop.close()
+    assert {key.split(b":")[0] for key in inspector.scan_iter()} == {b"sync", b"async"}
+    assert redis.Redis(unix_socket_path=path, password=password, db=0).dbsize() == 0
+    inspector.close()
+
+
+def test_a_cancelled_async_call_leaves_no_reply_behind(
+    redis_server: servers.RedisServer,
+) -> None:
+    """A call cancelled while its reply is on the way must not hand that reply to the next
+    call on the same connection."""
+    from sqlmodel_cache.transport._resp import command
+
+    inspector = redis.Redis.from_url(redis_server.url)
+    inspector.mset({"lane:a": b"first", "lane:b": b"second"})
+    loop = asyncio.new_event_loop()
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    lane = lane_for(client)
+    assert isinstance(lane, AsyncLane)
+
+    async def cancelled_then_call() -> Any:
+        await lane.execute(command("PING"))  # one connection, kept idle
+        inspector.execute_command("CLIENT", "PAUSE", "200", "ALL")  # hold the reply
+        calling = asyncio.ensure_future(lane.execute(command("GET", "lane:a")))
+        await asyncio.sleep(0.05)
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        await asyncio.sleep(0.3)  # the server has answered the cancelled call now
+        return await lane.execute(command("GET", "lane:b"))
+
+    try:
+        assert loop.run_until_complete(cancelled_then_call()) == b"second"
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
+        inspector.close()
+
+
+def test_a_killed_async_lane_connection_costs_one_miss_then_reconnects(
+    async_setup: Any, redis_server: servers.RedisServer
+) -> None:
+    loop, _, async_engine = async_setup
+    loop.run_until_complete(_aname(async_engine))
+    inspector = redis.Redis.from_url(redis_server.url)
+    for connection in _lane_connections(inspector):
+        inspector.client_kill_filter(_id=connection["id"])
+    assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # failed open
+    assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # reconnected
+    assert _counts() == (1, 1, 1)
+    inspector.close()
