@@ -172,3 +172,51 @@ def test_scripts_are_reloaded_on_every_node_after_script_flush(
     assert env.run(_team_roster) == [("Spider", "Avengers"), ("Daredevil", "Defenders")]
     assert env.selects() == []
     assert _failures() == {}
+
+
+def _hero_name(session: Session) -> str:
+    hero = session.get(Hero, 1)
+    assert hero is not None
+    return hero.name
+
+
+def test_reads_go_to_the_slots_node_on_the_transports_own_connections(
+    cluster_env: Env,
+) -> None:
+    """A single-slot script goes straight to the primary that serves the slot (the
+    transport's lane), not through the cluster client."""
+    from tests.test_lanes import NoClientCalls
+
+    env = cluster_env
+    _seed(env)
+    env.run(_hero_name)  # miss: the first command of an asyncio client reads the slot map
+    env.reset_sql()
+    with NoClientCalls(env.transport.client):
+        assert env.run(_hero_name) == "Spider"
+    assert env.selects() == []
+    assert SQLModelCache.stats()["Hero"]["hits"] == 1
+    assert _failures() == {}
+
+
+def test_a_slot_that_moved_is_followed_through_the_client(cluster_env: Env) -> None:
+    """When the client's slot map is out of date (a resharding, a failover), the node the
+    lane asks answers MOVED: that call goes through the client, which follows it and
+    corrects its map, and the next read takes the lane to the right node again."""
+    from tests.test_lanes import NoClientCalls
+
+    env = cluster_env
+    _seed(env)
+    env.run(_hero_name)
+    client = env.transport.client
+    slot = key_slot(b"hero")
+    owner = client.nodes_manager.slots_cache[slot][0]
+    stranger = next(node for node in client.get_primaries() if node.name != owner.name)
+    client.nodes_manager.slots_cache[slot] = [stranger]
+    env.reset_sql()
+    assert env.run(_hero_name) == "Spider"  # a hit, served after the redirection
+    assert client.nodes_manager.slots_cache[slot][0].name == owner.name
+    with NoClientCalls(client):
+        assert env.run(_hero_name) == "Spider"
+    assert env.selects() == []
+    assert SQLModelCache.stats()["Hero"]["hits"] == 2
+    assert _failures() == {}

@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
-from sqlmodel_cache.transport._connections import AsyncLane, SyncLane, lane_for
+from sqlmodel_cache.transport._connections import AsyncLane, ClusterLanes, SyncLane, lane_for
 from tests import servers
 from tests.models import Hero
 from tests.test_near import hero_database
@@ -179,12 +179,15 @@ def test_a_forked_child_opens_its_own_connection(
     assert _counts() == (2, 1, 0)
 
 
-def test_clients_whose_pool_picks_the_server_have_no_lane(
-    redis_cluster: servers.RedisCluster,
-) -> None:
+def test_which_clients_get_which_lane(redis_cluster: servers.RedisCluster) -> None:
+    """A Sentinel client's pool picks its server per connection: no lane. A cluster client
+    gets a lane per primary (tests/test_cluster.py)."""
     cluster = redis.RedisCluster.from_url(redis_cluster.url)
     sentinel = redis.sentinel.Sentinel([("127.0.0.1", 1)]).master_for("nowhere")
-    assert lane_for(cluster) is None
+    assert isinstance(lane_for(cluster), ClusterLanes)
+    assert isinstance(
+        lane_for(redis.asyncio.RedisCluster.from_url(redis_cluster.url)), ClusterLanes
+    )
     assert lane_for(sentinel) is None
     assert isinstance(lane_for(redis.Redis()), SyncLane)
     assert isinstance(lane_for(redis.asyncio.Redis()), AsyncLane)

@@ -18,10 +18,13 @@ redis-py makes and connects them; the sync lane then uses its public connection 
 disconnect on any error; the asyncio lane does that exchange itself (see
 :class:`AsyncLane`). A broken connection reconnects on its next use.
 
+On Redis Cluster, :class:`ClusterLanes` keeps such a lane per primary and sends each
+script to the one that serves its key's slot; a redirection or an unreachable node sends
+that call through the client, which follows it and refreshes its slot map. Sentinel
+clients, whose pool picks the server per connection, have no lane.
+
 What a lane gives up is the client's retry policy: a failed read is a cache miss anyway
-(fail open), and a failed invalidation is retried by the core. Cluster and Sentinel
-clients, whose pools pick the server per key or per connection, have no lane and go
-through the client.
+(fail open), and a failed invalidation is retried by the core.
 """
 
 from __future__ import annotations
@@ -123,9 +126,10 @@ class SyncLane:
         self._make = make
         self._idle: list[Any] = []
 
-    def execute(self, packed: bytes) -> Any:
+    def execute(self, packed: bytes, key: str = "") -> Any:
         """Send one packed command and return its reply; raises what redis-py raises
-        (an error reply as ``ResponseError``, after which the connection is still fine)."""
+        (an error reply as ``ResponseError``, after which the connection is still fine).
+        ``key``, a key the command names, only matters to :class:`ClusterLanes`."""
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -168,7 +172,7 @@ class AsyncLane:
         pool_size = getattr(pool, "max_connections", None) or ASYNC_IDLE_LIMIT * 4
         self._keep = min(ASYNC_IDLE_LIMIT, pool_size // 4)
 
-    async def execute(self, packed: bytes) -> Any:
+    async def execute(self, packed: bytes, key: str = "") -> Any:
         """As :meth:`SyncLane.execute`, awaited."""
         loop = asyncio.get_running_loop()
         idle = self._idle.get(loop)
@@ -257,8 +261,110 @@ def _redis_exceptions() -> Any:
     return redis.exceptions
 
 
-def lane_for(client: Any) -> SyncLane | AsyncLane | None:
-    """The lane for a plain (single server) redis-py client, or ``None``."""
+class Rerouted(Exception):
+    """A cluster lane could not serve the call (the slot moved, the node is unreachable):
+    send it through the client, which follows redirections and refreshes its slot map."""
+
+
+#: Error replies that mean the cluster's layout changed under the call.
+_REDIRECTIONS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
+
+class ClusterLanes:
+    """Redis Cluster: a lane per primary, the call sent to the one that serves its key's
+    slot according to the client's slot map (the transport's scripts touch one slot)."""
+
+    def __init__(self, client: Any, make_lane: Callable[[Any], Any]) -> None:
+        self._client = client
+        self._make_lane = make_lane
+        self._lanes: dict[str, tuple[Any, Any]] = {}  # node name -> (node, its lane)
+
+    def lane_of(self, key: str) -> Any:
+        node = self._client.get_node_from_key(key)
+        if node is None:
+            raise Rerouted(key)
+        known = self._lanes.get(node.name)
+        if known is None or known[0] is not node:  # new, or rebuilt by a topology refresh
+            known = self._lanes[node.name] = (node, self._make_lane(node))
+        return known[1]
+
+    def execute(self, packed: bytes, key: str = "") -> Any:
+        try:
+            return self.lane_of(key).execute(packed)
+        except Exception as exc:
+            if _client_may_recover(exc):
+                raise Rerouted(str(exc)) from exc
+            raise
+
+    async def aexecute(self, packed: bytes, key: str = "") -> Any:
+        try:
+            return await self.lane_of(key).execute(packed)
+        except Exception as exc:
+            if _client_may_recover(exc):
+                raise Rerouted(str(exc)) from exc
+            raise
+
+
+def _client_may_recover(exc: Exception) -> bool:
+    """True for a failure the cluster client handles itself: a redirection, a node it
+    cannot reach (it refreshes its slot map), a slot map it has not read yet (an asyncio
+    cluster client reads it at its first command)."""
+    exceptions = _redis_exceptions()
+    recoverable = (
+        exceptions.ConnectionError,
+        exceptions.TimeoutError,
+        exceptions.RedisClusterException,  # SlotNotCoveredError: no node for the slot yet
+        exceptions.ClusterError,  # CLUSTERDOWN
+        exceptions.AskError,  # and MovedError, as redis-py's parser reports them
+        exceptions.TryAgainError,
+        Rerouted,
+    )
+    if isinstance(exc, recoverable):
+        return True
+    # The asyncio lane's own parser reports every error reply as a plain ResponseError.
+    return isinstance(exc, exceptions.ResponseError) and str(exc).startswith(_REDIRECTIONS)
+
+
+class _NodeConnections:
+    """An asyncio cluster node's own connections, as the pool an :class:`AsyncLane` takes
+    its connections from (``await client.aclose()`` closes them with the node's)."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self.connection_class = node.connection_class
+        self.max_connections = node.max_connections
+
+    async def get_connection(self) -> Any:
+        return self._node.acquire_connection()
+
+    async def release(self, connection: Any) -> None:
+        self._node.release(connection)
+
+
+def _cluster_lanes(client: Any) -> ClusterLanes | None:
+    import redis.asyncio.cluster
+    import redis.cluster
+
+    if isinstance(client, redis.cluster.RedisCluster):
+
+        def sync_lane(node: Any) -> Any:
+            lane = lane_for(node.redis_connection)
+            if lane is None:
+                raise Rerouted(node.name)
+            return lane
+
+        return ClusterLanes(client, sync_lane)
+    node_class = redis.asyncio.cluster.ClusterNode
+    if isinstance(client, redis.asyncio.cluster.RedisCluster) and all(
+        callable(getattr(node_class, name, None)) for name in ("acquire_connection", "release")
+    ):
+        return ClusterLanes(client, lambda node: AsyncLane(_NodeConnections(node)))
+    return None
+
+
+def lane_for(client: Any) -> SyncLane | AsyncLane | ClusterLanes | None:
+    """The lane for a redis-py client: plain (one server) or cluster, sync or asyncio;
+    ``None`` for anything else (a Sentinel client, a client-like object)."""
     import redis.asyncio.connection
     import redis.connection
 
@@ -267,4 +373,4 @@ def lane_for(client: Any) -> SyncLane | AsyncLane | None:
         return SyncLane(lambda: make(protocol=2))
     if _has_plain_pool(client, redis.asyncio.connection):
         return AsyncLane(client.connection_pool)
-    return None
+    return _cluster_lanes(client)

@@ -24,7 +24,12 @@ from importlib import resources
 from typing import Any
 
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
-from sqlmodel_cache.transport._connections import connection_kwargs, lane_for
+from sqlmodel_cache.transport._connections import (
+    ClusterLanes,
+    Rerouted,
+    connection_kwargs,
+    lane_for,
+)
 from sqlmodel_cache.transport._protocols import Fetched
 from sqlmodel_cache.transport._resp import command
 
@@ -135,24 +140,36 @@ class _Script:
         self._script = client.register_script(source)
         self._no_script: type[Exception] = _import_redis().exceptions.NoScriptError
 
-    def _evalsha(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        if self._lane is not None:
-            return self._lane.execute(command("EVALSHA", self._script.sha, len(keys), *keys, *args))
-        return self._client.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+    def _arguments(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
 
 class _SyncScript(_Script):
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        arguments = self._arguments(keys, args)
         try:
-            return self._evalsha(keys, args)
+            if self._lane is not None:
+                try:
+                    return self._lane.execute(command(*arguments), keys[0])
+                except Rerouted:
+                    pass  # a cluster's layout changed: the client finds the way
+            return self._client.execute_command(*arguments)
         except self._no_script:
             return self._script(keys=keys, args=args)
 
 
 class _AsyncScript(_Script):
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        arguments = self._arguments(keys, args)
         try:
-            return await self._evalsha(keys, args)
+            if isinstance(self._lane, ClusterLanes):
+                try:
+                    return await self._lane.aexecute(command(*arguments), keys[0])
+                except Rerouted:
+                    pass  # a cluster's layout changed: the client finds the way
+            elif self._lane is not None:
+                return await self._lane.execute(command(*arguments))
+            return await self._client.execute_command(*arguments)
         except self._no_script:
             return await self._script(keys=keys, args=args)
 
