@@ -124,7 +124,7 @@ class SQLModelCache:
                 f"near_cache must be a NearCache(...) or None, got {near_cache!r}"
             )
         driver = Driver(transport)
-        client = None if near_cache is None else check_client(transport)
+        client = None if near_cache is None else check_client(transport, near_cache)
         settings = CacheSettings(
             transport=transport,
             default_ttl=default_ttl,

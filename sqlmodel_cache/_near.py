@@ -33,10 +33,14 @@ from typing import Any
 from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache._stats import Stats
-from sqlmodel_cache.transport._connections import connection_factory, connection_kwargs
+from sqlmodel_cache.transport._connections import (
+    connection_factory,
+    connection_kwargs,
+    node_connection_factory,
+)
 from sqlmodel_cache.transport._protocols import Fetched
-from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport
-from sqlmodel_cache.transport._tracking import Tracker
+from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport, is_cluster
+from sqlmodel_cache.transport._tracking import ClusterTracking, Tracker
 
 #: Bytes a stored entry costs beyond its key and value bytes: the ``str``, ``bytes``,
 #: tuple and float objects, the ordered dict's slot and link. tracemalloc measures 230 to
@@ -101,10 +105,11 @@ class NearCache:
 
 
 class _Ticket:
-    __slots__ = ("__weakref__", "cancelled", "keys", "started")
+    __slots__ = ("__weakref__", "cancelled", "keys", "nodes", "started")
 
-    def __init__(self, keys: frozenset[str]) -> None:
+    def __init__(self, keys: frozenset[str], nodes: tuple[str, ...] | None) -> None:
         self.keys = keys
+        self.nodes = nodes  # Redis Cluster: the tracked primaries serving them, in order
         self.cancelled = False
         self.started = time.monotonic()
 
@@ -124,17 +129,34 @@ class NearStore:
         self._tickets: weakref.WeakSet[_Ticket] = weakref.WeakSet()
         self._lock = threading.RLock()
         self._forked = False
-        self.tracker = Tracker(
-            connection_factory(client, timeout=max(1.0, settings.heartbeat)),
-            f"{key_prefix}:",
-            on_keys=self._invalidated,
-            on_flush=self._flush,
-            on_ready=self._ready,
-            heartbeat=settings.heartbeat,
-            lock=self._lock,
-            mode=settings.invalidation,
-            db=int(connection_kwargs(client).get("db") or 0),
-        )
+        timeout = max(1.0, settings.heartbeat)
+
+        def tracker(connect: Any, db: int) -> Tracker:
+            return Tracker(
+                connect,
+                f"{key_prefix}:",
+                on_keys=self._invalidated,
+                on_flush=self._flush,
+                on_ready=self._ready,
+                heartbeat=settings.heartbeat,
+                lock=self._lock,
+                mode=settings.invalidation,
+                db=db,
+            )
+
+        self.tracker: Tracker | ClusterTracking
+        #: Redis Cluster: the name of the primary serving a key, per the client's slot map.
+        self._node_of: Any = None
+        if is_cluster(client):
+            self.tracker = ClusterTracking(
+                lambda: {node.name: node for node in client.get_primaries()},
+                lambda node: tracker(node_connection_factory(node, timeout), 0),
+                settings.heartbeat,
+            )
+            self._node_of = _node_namer(client)
+        else:
+            db = int(connection_kwargs(client).get("db") or 0)
+            self.tracker = tracker(connection_factory(client, timeout), db)
         _STORES.add(self)
 
     # -- reads ------------------------------------------------------------------------
@@ -179,7 +201,12 @@ class NearStore:
         """Register a fetch from Redis of ``key`` (checked against ``tag_keys``)."""
         if self._forked or not self.tracker.live:
             return None
-        ticket = _Ticket(frozenset((key, *tag_keys)))
+        nodes = None
+        if self._node_of is not None:
+            nodes = self._tracked_nodes((key, *tag_keys))
+            if nodes is None:
+                return None  # a slot no tracked primary serves: fetch, keep nothing
+        ticket = _Ticket(frozenset((key, *tag_keys)), nodes)
         with self._lock:
             self._tickets.add(ticket)
         return ticket
@@ -201,12 +228,25 @@ class NearStore:
                 return  # no entry, or no TTL to bound the copy by
             if not fresh or ticket.cancelled:
                 return
+            if ticket.nodes is not None and self._tracked_nodes((key, *tag_keys)) != ticket.nodes:
+                return  # a slot moved during the fetch: who served it is not known
             # From before the request: the copy never outlives the entry it copies.
             deadline = ticket.started + expires_in_ms / 1000
             size = _keys.TAG_SIZE
             self._put(key, entry, deadline)
             for index, tag_key in enumerate(tag_keys):  # tags never expire in Redis either
                 self._put(tag_key, entry[index * size : (index + 1) * size], _NEVER)
+
+    def _tracked_nodes(self, keys: Sequence[str]) -> tuple[str, ...] | None:
+        """The primaries serving ``keys`` if every one is tracked and live, else ``None``."""
+        assert isinstance(self.tracker, ClusterTracking)
+        names = []
+        for key in keys:
+            name = self._node_of(key)
+            if name is None or not self.tracker.tracks(name):
+                return None
+            names.append(name)
+        return tuple(names)
 
     # -- this process's writes ----------------------------------------------------------
 
@@ -309,16 +349,28 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def check_client(transport: Any) -> Any:
+def _node_namer(client: Any) -> Any:
+    def node_of(key: str) -> str | None:
+        try:
+            node = client.get_node_from_key(key)
+        except Exception:  # noqa: BLE001 - no slot map yet (an asyncio client before use)
+            return None
+        return None if node is None else str(node.name)
+
+    return node_of
+
+
+def check_client(transport: Any, settings: NearCache) -> Any:
     """The redis-py client behind ``transport`` when a near cache can front it."""
     if not isinstance(transport, (RedisSyncTransport, RedisAsyncTransport)):
         raise ConfigurationError(
             "near_cache needs RedisSyncTransport or RedisAsyncTransport (it is invalidated by "
             f"the Redis server), got {type(transport).__name__}"
         )
-    if transport._cluster:
+    if transport._cluster and settings.invalidation != "tracking":
         raise ConfigurationError(
-            "near_cache does not support Redis Cluster yet: configure it without near_cache"
+            'near_cache on Redis Cluster needs invalidation="tracking" (client tracking on '
+            "every primary): keyspace notifications are not supported there"
         )
     pool = getattr(transport.client, "connection_pool", None)
     if "Sentinel" in type(pool).__name__:

@@ -456,10 +456,11 @@ def test_sentinel_is_refused() -> None:
         )
 
 
-def test_cluster_is_refused(redis_cluster: servers.RedisCluster) -> None:
+def test_keyspace_mode_is_refused_on_a_cluster(redis_cluster: servers.RedisCluster) -> None:
     with pytest.raises(ConfigurationError, match="Cluster"):
         SQLModelCache.configure(
-            RedisSyncTransport.from_url(redis_cluster.url, cluster=True), near_cache=NearCache()
+            RedisSyncTransport.from_url(redis_cluster.url, cluster=True),
+            near_cache=NearCache(invalidation="keyspace"),
         )
 
 

@@ -35,6 +35,7 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
 from typing import Any
 
 from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, parse
@@ -103,6 +104,18 @@ def connection_factory(
         if unwanted in options and options[unwanted] is None:
             del options[unwanted]
     return lambda protocol=3: connection_class(**{**options, "protocol": protocol})
+
+
+def node_connection_factory(node: Any, timeout: float) -> Callable[..., Any]:
+    """:func:`connection_factory` for one node of a cluster client, sync or asyncio."""
+    client = getattr(node, "redis_connection", None)
+    if client is not None:  # a sync cluster node holds a client of its own
+        return connection_factory(client, timeout)
+    # An asyncio cluster node has the options of its connections (and their asyncio class,
+    # mapped to redis-py's sync class of the same kind); its retry policy is asyncio's.
+    options = {k: v for k, v in node.connection_kwargs.items() if k != "retry"}
+    pool = SimpleNamespace(connection_class=node.connection_class, connection_kwargs=options)
+    return connection_factory(SimpleNamespace(connection_pool=pool), timeout)
 
 
 def _has_plain_pool(client: Any, module: Any) -> bool:

@@ -61,7 +61,7 @@ def _check_client(client: object, kind: str) -> None:
         )
 
 
-def _is_cluster(client: Any) -> bool:
+def is_cluster(client: Any) -> bool:
     return callable(getattr(client, "get_primaries", None))
 
 
@@ -216,7 +216,7 @@ class RedisSyncTransport:
         self._fetch, self._fill, self._invalidate = _scripts_for(
             client, "RedisSyncTransport", _SyncScript
         )
-        self._cluster = _is_cluster(client)
+        self._cluster = is_cluster(client)
 
     def get(self, key: str) -> bytes | None:
         value = self.client.get(key)
@@ -298,7 +298,7 @@ class RedisAsyncTransport:
         self._fetch, self._fill, self._invalidate = _scripts_for(
             client, "RedisAsyncTransport", _AsyncScript
         )
-        self._cluster = _is_cluster(client)
+        self._cluster = is_cluster(client)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)

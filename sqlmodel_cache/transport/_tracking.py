@@ -418,3 +418,83 @@ class Tracker:
         if connection is not None:
             with contextlib.suppress(Exception):  # closing a broken socket
                 connection.disconnect()
+
+
+class ClusterTracking:
+    """Tracking on Redis Cluster: a :class:`Tracker` per primary, kept in step with the
+    cluster client's view of its primaries (checked every heartbeat, no round trip).
+
+    A write reaches the primary that serves its key's slot, and only that node pushes its
+    invalidation, so the near cache may serve only while every primary is tracked and
+    live (:attr:`live`, :meth:`fresh`), and may keep only what a tracked primary served
+    (:meth:`tracks`, checked by the store per fetch). A primary that appears gets a tracker
+    (which flushes the store when it starts, like any tracker); one that goes (a failover,
+    a node removed) has its tracker closed.
+
+    Args:
+        primaries: the client's current primaries, ``{name: node}`` (no I/O).
+        make_tracker: a :class:`Tracker` for one node, reporting to the store.
+        heartbeat: seconds between two checks of the primaries.
+    """
+
+    def __init__(
+        self,
+        primaries: Callable[[], dict[str, Any]],
+        make_tracker: Callable[[Any], Tracker],
+        heartbeat: float,
+    ) -> None:
+        self._primaries = primaries
+        self._make_tracker = make_tracker
+        self._heartbeat = heartbeat
+        #: Replaced, never changed in place, so readers iterate it without a lock.
+        self._trackers: dict[str, Tracker] = {}
+        self._stopped = threading.Event()
+        self._follow_primaries()
+        self._thread = threading.Thread(
+            target=self._watch, name="sqlmodel-cache-cluster-tracking", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def live(self) -> bool:
+        trackers = self._trackers
+        return bool(trackers) and all(tracker.live for tracker in trackers.values())
+
+    def fresh(self) -> bool:
+        """Apply what every tracking connection has received; ``True`` if all are fresh."""
+        trackers = self._trackers
+        fresh = bool(trackers)
+        for tracker in trackers.values():
+            fresh = tracker.fresh() and fresh  # no short cut: every connection is drained
+        return fresh
+
+    def tracks(self, name: str) -> bool:
+        """True when the primary ``name`` is tracked and live."""
+        tracker = self._trackers.get(name)
+        return tracker is not None and tracker.live
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        for tracker in self._trackers.values():
+            tracker.close()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._heartbeat):
+            try:
+                self._follow_primaries()
+            except Exception as exc:  # noqa: BLE001 - keep the trackers we have; retry
+                logger.debug("near cache: cannot read the cluster's primaries: %r", exc)
+
+    def _follow_primaries(self) -> None:
+        wanted = self._primaries()
+        current = self._trackers
+        if wanted.keys() == current.keys() or self._stopped.is_set():
+            return
+        self._trackers = {
+            name: current.get(name) or self._make_tracker(node) for name, node in wanted.items()
+        }
+        for name, tracker in current.items():
+            if name not in wanted:
+                tracker.close()
