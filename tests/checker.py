@@ -191,13 +191,14 @@ def _configure(
     prefix: str,
     wrap: Callable[[Any], Any] | None = None,
     near_cache: bool | str = False,
+    cluster: bool = False,
 ) -> Callable[[], None]:
     """Configure this process's cache; with ``near_cache``, also note which reads the L1
     answers (see :func:`_read_loop`). Returns what undoes the latter."""
     from sqlmodel_cache import NearCache, SQLModelCache
     from sqlmodel_cache.transport import RedisSyncTransport
 
-    transport: Any = RedisSyncTransport.from_url(redis_url)
+    transport: Any = RedisSyncTransport.from_url(redis_url, cluster=cluster)
     SQLModelCache.configure(
         transport if wrap is None else wrap(transport),
         key_prefix=prefix,
@@ -321,12 +322,13 @@ def _reader_process(
     seconds: float,
     where: str = "reader",
     near_cache: bool | str = False,
+    cluster: bool = False,
 ) -> tuple[list[Read], list[str], dict[str, int]]:
     """A reader in its own process, with its own engine and cache client (and near cache):
     its reads, its errors and its near-cache counters."""
     from sqlmodel_cache import SQLModelCache
 
-    _configure(redis_url, prefix, near_cache=near_cache)
+    _configure(redis_url, prefix, near_cache=near_cache, cluster=cluster)
     reads: list[Read] = []
     errors: list[str] = []
     try:
@@ -377,12 +379,14 @@ def run(
     during: Callable[[], None] | None = None,
     wrap: Callable[[Any], Any] | None = None,
     near_cache: bool | str = False,
+    cluster: bool = False,
 ) -> Report:
     """Race writers and readers for ``seconds``. Fault injection: ``during`` runs a third of
     the way in; ``wrap`` wraps this process's transport (its writers and reader threads).
-    ``near_cache``: every process (this one and each reader process) has a near cache."""
+    ``near_cache``: every process (this one and each reader process) has a near cache.
+    ``cluster``: ``redis_url`` names a node of a Redis Cluster."""
     prefix = f"checker{uuid.uuid4().hex[:8]}"
-    unsubscribe = _configure(redis_url, prefix, wrap, near_cache)
+    unsubscribe = _configure(redis_url, prefix, wrap, near_cache, cluster)
     try:
         return _run(
             database_url,
@@ -394,6 +398,7 @@ def run(
             reader_processes=reader_processes,
             during=during,
             near_cache=near_cache,
+            cluster=cluster,
         )
     finally:
         unsubscribe()
@@ -410,6 +415,7 @@ def _run(
     reader_processes: int,
     during: Callable[[], None] | None,
     near_cache: bool | str,
+    cluster: bool,
 ) -> Report:
     from tests.models import Counter
 
@@ -440,6 +446,7 @@ def _run(
                 seconds,
                 f"reader{index}",
                 near_cache,
+                cluster,
             )
             for index in range(reader_processes)
         ]
@@ -477,6 +484,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", required=True, help="postgresql+psycopg://... URL")
     parser.add_argument("--redis", required=True, help="redis://... URL")
+    parser.add_argument("--cluster", action="store_true", help="--redis names a cluster node")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
         "--near-cache",
@@ -488,7 +496,13 @@ def main() -> int:
         "invalidated by client tracking (the default) or keyspace notifications",
     )
     args = parser.parse_args()
-    report = run(args.postgres, args.redis, seconds=args.seconds, near_cache=args.near_cache)
+    report = run(
+        args.postgres,
+        args.redis,
+        seconds=args.seconds,
+        near_cache=args.near_cache,
+        cluster=args.cluster,
+    )
     print(report.summary())
     return 0 if not report.stale() and not report.uncommitted() else 1
 

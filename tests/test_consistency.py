@@ -106,6 +106,24 @@ def test_near_cache_in_every_process_serves_no_stale_and_no_uncommitted_reads(
     assert len(report.l1_reads()) > len(report.reads) / 2, summary
 
 
+def test_near_cache_on_redis_cluster_serves_no_stale_and_no_uncommitted_reads(
+    postgres_server: Any, redis_cluster: Any
+) -> None:
+    """The same race on a 3-primary cluster: each process tracks every primary."""
+    _truncate_postgres(postgres_server.sync_url)
+    report = checker.run(
+        postgres_server.sync_url, redis_cluster.url, seconds=3.0, near_cache=True, cluster=True
+    )
+    summary = report.summary()
+    assert report.errors == [], summary
+    assert len(report.commits) > 20, summary
+    assert report.stale() == [], summary
+    assert report.uncommitted() == [], summary
+    for where in report.near:
+        assert report.l1_hits(where) > 20, summary
+    assert len(report.l1_reads()) > len(report.reads) / 2, summary
+
+
 def test_near_cache_serves_no_stale_read_when_its_tracking_connection_is_killed(
     postgres_server: Any, redis_server: Any
 ) -> None:
