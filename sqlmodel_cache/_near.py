@@ -17,6 +17,11 @@ Consistency rests on three rules:
   write's invalidation was applied;
 * **own writes first**: this process's invalidations drop the keys here before and after
   the Redis call (``discard``), and a failed one flushes everything.
+
+On Redis Cluster, where only the primary serving a key's slot pushes its invalidation, a
+:class:`~sqlmodel_cache.transport._tracking.ClusterTracking` tracks every primary, and a
+ticket also names the primaries that serve its keys: the entry is kept only if the slot map
+names the same tracked, live primaries when the fetch ends.
 """
 
 from __future__ import annotations
@@ -56,8 +61,8 @@ INVALIDATION_MODES = ("tracking", "keyspace")
 class NearCache:
     """Settings of the near cache: pass one to ``SQLModelCache.configure(near_cache=...)``.
 
-    Only with ``RedisSyncTransport`` / ``RedisAsyncTransport`` on a single Redis or Valkey
-    server (not Cluster or Sentinel).
+    Only with ``RedisSyncTransport`` / ``RedisAsyncTransport`` on a Redis or Valkey server or
+    cluster (not Sentinel; on a cluster, ``invalidation="tracking"`` only).
 
     Args:
         max_entries: the most entries (rows, query results and the tags they carry) kept;
