@@ -91,3 +91,12 @@ def test_guide_example_runs(title: str, redis_server: servers.RedisServer, tmp_p
             f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}",
             pytrace=False,
         )
+
+
+def test_cluster_example_runs(redis_cluster: servers.RedisCluster, tmp_path: Path) -> None:
+    """The cluster example, against the suite's 3-primary cluster."""
+    block = example("A near cache in front of Redis Cluster")
+    prefix = f"d{uuid.uuid4().hex[:12]}"
+    code = PRELUDE + pointed_at(block.code, redis_cluster.url, prefix)
+    result = _run(dataclasses.replace(block, code=code), tmp_path)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"

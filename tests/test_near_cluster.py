@@ -9,8 +9,10 @@ fetch."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,13 +116,12 @@ def setup(
 def test_every_primary_is_tracked_and_hits_come_from_process_memory(
     setup: ClusterSetup, redis_cluster: servers.RedisCluster
 ) -> None:
-    tracking = [
-        client
-        for node in redis_cluster.nodes
-        for client in redis.Redis.from_url(node.url).client_list()
-        if "t" in client["flags"]
-    ]
-    assert len(tracking) >= len(redis_cluster.nodes)
+    tracked_nodes = 0
+    for node in redis_cluster.nodes:
+        inspector = redis.Redis.from_url(node.url)
+        tracked_nodes += any("t" in client["flags"] for client in inspector.client_list())
+        inspector.close()
+    assert tracked_nodes == len(redis_cluster.nodes)
     setup.warm()
     before = _counts().get("l1_hits", 0)
     assert setup.name() == "Spider"
@@ -134,12 +135,14 @@ def test_a_write_on_the_slots_primary_reaches_the_near_cache(setup: ClusterSetup
     assert SQLModelCache.stats()["*"]["l1_invalidations"] >= 1
 
 
-def test_a_lost_tracking_connection_on_one_primary_stops_the_near_cache(
+def test_a_lost_tracking_connection_on_one_primary_empties_the_near_cache(
     setup: ClusterSetup, redis_cluster: servers.RedisCluster
 ) -> None:
-    """Any primary's tracking lost: nothing served from memory (that node's writes would
-    not be heard) until it tracks again, and what was held is gone."""
+    """Another primary's tracking connection lost (not the one serving the hero): what was
+    held is gone all the same, since that node's pushes may have been missed; the near
+    cache serves again once it tracks again."""
     setup.warm()
+    flushes = SQLModelCache.stats().get("*", {}).get("l1_flushes", 0)
     owner = setup.raw.get_node_from_key("{hero}")
     other = next(node for node in redis_cluster.nodes if str(node.port) != str(owner.port))
     killer = redis.Redis.from_url(other.url)
@@ -147,12 +150,10 @@ def test_a_lost_tracking_connection_on_one_primary_stops_the_near_cache(
         if "t" in client["flags"]:
             killer.client_kill_filter(_id=client["id"])
     killer.close()
-    wait_for(lambda: not _near().tracker.live)
-    hits = _counts().get("l1_hits", 0)
-    assert setup.name() == "Spider"
-    assert _counts().get("l1_hits", 0) == hits
+    wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_flushes", 0) > flushes)
+    assert _near().size()[0] == 0
     wait_for(lambda: _near().tracker.live)
-    assert _near().size()[0] == 0  # flushed when that node's tracking restarted
+    hits = _counts().get("l1_hits", 0)
     setup.warm()
     assert setup.name() == "Spider"
     assert _counts()["l1_hits"] > hits
@@ -220,5 +221,10 @@ def test_a_slot_migrated_to_another_primary_drops_what_was_kept(tmp_path: Path) 
             assert _counts()["l1_hits"] >= 1
         finally:
             setup.close()
+            with warnings.catch_warnings():
+                # redis-py's cluster client drops, unclosed, the connections of the node
+                # objects it replaces after the resharding: collect them here, quietly.
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
     finally:
         cluster.stop()
