@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +151,7 @@ class NearStore:
 
         self.tracker: Tracker | ClusterTracking
         #: Redis Cluster: the name of the primary serving a key, per the client's slot map.
-        self._node_of: Any = None
+        self._node_of: Callable[[str], str | None] | None = None
         if is_cluster(client):
             self.tracker = ClusterTracking(
                 lambda: {node.name: node for node in client.get_primaries()},
@@ -245,6 +245,7 @@ class NearStore:
     def _tracked_nodes(self, keys: Sequence[str]) -> tuple[str, ...] | None:
         """The primaries serving ``keys`` if every one is tracked and live, else ``None``."""
         assert isinstance(self.tracker, ClusterTracking)
+        assert self._node_of is not None
         names = []
         for key in keys:
             name = self._node_of(key)
@@ -354,7 +355,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _node_namer(client: Any) -> Any:
+def _node_namer(client: Any) -> Callable[[str], str | None]:
     def node_of(key: str) -> str | None:
         try:
             node = client.get_node_from_key(key)
