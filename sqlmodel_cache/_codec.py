@@ -69,10 +69,6 @@ class _Exact:
         return value
 
 
-def _exact(kind: type) -> Encoder:
-    return _Exact(kind)
-
-
 def _exact_then(kind: type, convert: Encoder) -> Encoder:
     def encode(value: Any) -> Any:
         if type(value) is not kind:
@@ -122,9 +118,9 @@ def _from_str(convert: Decoder) -> Decoder:
 # Python type -> (encoder, decoder). Decoders also check the JSON type they get, so an
 # entry with a value of the wrong type is rejected as corrupt, never returned as data.
 _CODECS: dict[type, tuple[Encoder, Decoder]] = {
-    int: (_exact(int), _exact(int)),
-    str: (_exact(str), _exact(str)),
-    bool: (_exact(bool), _exact(bool)),
+    int: (_Exact(int), _Exact(int)),
+    str: (_Exact(str), _Exact(str)),
+    bool: (_Exact(bool), _Exact(bool)),
     float: (_finite_float, _finite_float),
     dt.datetime: (
         _exact_then(dt.datetime, dt.datetime.isoformat),
@@ -134,7 +130,7 @@ _CODECS: dict[type, tuple[Encoder, Decoder]] = {
     dt.time: (_exact_then(dt.time, dt.time.isoformat), _from_str(dt.time.fromisoformat)),
     dt.timedelta: (
         _exact_then(dt.timedelta, _timedelta_parts),
-        lambda parts: dt.timedelta(*map(_exact(int), parts)),
+        lambda parts: dt.timedelta(*map(_Exact(int), parts)),
     ),
     uuid.UUID: (_uuid_str, _from_str(uuid.UUID)),
     decimal.Decimal: (_exact_then(decimal.Decimal, str), _from_str(decimal.Decimal)),
@@ -167,8 +163,8 @@ def column_codec(sql_type: TypeEngine[Any]) -> tuple[Encoder, Decoder | None]:
 # integer key, a str for a UUID key) bypasses the cache: some drivers accept it and some
 # reject it, and a cache hit must never answer a call the database would have refused.
 _KEY_CANONICALIZERS: dict[type, Callable[[Any], Any]] = {
-    int: _exact(int),
-    str: _exact(str),
+    int: _Exact(int),
+    str: _Exact(str),
     uuid.UUID: _uuid_str,
     dt.datetime: _exact_then(dt.datetime, dt.datetime.isoformat),
     dt.date: _exact_then(dt.date, dt.date.isoformat),

@@ -83,6 +83,13 @@ def _lane_connections(client: redis.Redis) -> list[dict[str, Any]]:
     return [c for c in client.client_list() if int(c["id"]) != me]
 
 
+def _kill_lane_connections(url: str) -> None:
+    inspector = redis.Redis.from_url(url)
+    for connection in _lane_connections(inspector):
+        inspector.client_kill_filter(_id=connection["id"])
+    inspector.close()
+
+
 def test_hits_misses_and_fills_go_through_the_lane(sync_cache: redis.Redis, engine: Engine) -> None:
     # The server may not have the scripts yet: loading them uses the client.
     _name(engine)
@@ -100,13 +107,10 @@ def test_a_killed_lane_connection_costs_one_miss_then_reconnects(
 ) -> None:
     _name(engine)
     assert _name(engine) == "Spider"
-    inspector = redis.Redis.from_url(redis_server.url)
-    for connection in _lane_connections(inspector):
-        inspector.client_kill_filter(_id=connection["id"])
+    _kill_lane_connections(redis_server.url)
     assert _name(engine) == "Spider"  # the read failed open to the database
     assert _name(engine) == "Spider"  # and the lane reconnected
     assert _counts() == (2, 1, 1)
-    inspector.close()
 
 
 def test_a_flushed_script_is_loaded_again(sync_cache: redis.Redis, engine: Engine) -> None:
@@ -401,10 +405,7 @@ def test_a_killed_async_lane_connection_costs_one_miss_then_reconnects(
 ) -> None:
     loop, _, async_engine = async_setup
     loop.run_until_complete(_aname(async_engine))
-    inspector = redis.Redis.from_url(redis_server.url)
-    for connection in _lane_connections(inspector):
-        inspector.client_kill_filter(_id=connection["id"])
+    _kill_lane_connections(redis_server.url)
     assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # failed open
     assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # reconnected
     assert _counts() == (1, 1, 1)
-    inspector.close()

@@ -50,6 +50,14 @@ def hero_database(path: Path) -> Engine:
     return engine
 
 
+def write_behind_the_cache(path: Path, client: Any, prefix: str, name: str) -> None:
+    """Another program renames the hero in the database at ``path``, and another process's
+    commit re-tags its table in Redis (``client``, under ``prefix``)."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE hero SET name = ? WHERE id = 1", (name,))
+    client.set(f"{prefix}:{{hero}}:rt", os.urandom(8).hex())
+
+
 class Setup:
     """A file SQLite database with one hero, and the cache over Redis with a near cache."""
 
@@ -113,10 +121,7 @@ class Setup:
             self.client.client_kill_filter(_id=client_id)
 
     def write_behind_the_cache(self, name: str) -> None:
-        """Another program changes the row, and another process's commit re-tags it."""
-        with sqlite3.connect(self.path) as connection:
-            connection.execute("UPDATE hero SET name = ? WHERE id = 1", (name,))
-        self.client.set(f"{self.prefix}:{{hero}}:rt", os.urandom(8).hex())
+        write_behind_the_cache(self.path, self.client, self.prefix, name)
 
     def close(self) -> None:
         SQLModelCache.reset()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import sqlite3
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from sqlmodel_cache._near import NearStore
 from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
 from tests import servers
 from tests.models import Hero
-from tests.test_near import hero_database, wait_for
+from tests.test_near import hero_database, wait_for, write_behind_the_cache
 
 pytestmark = pytest.mark.redis
 
@@ -87,10 +86,7 @@ class ClusterSetup:
         wait_for(lambda: (self.name(), _near().size()[0] == 2)[1])
 
     def write_behind_the_cache(self, name: str) -> None:
-        """Another program changes the row, another process's commit re-tags it."""
-        with sqlite3.connect(self.path) as connection:
-            connection.execute("UPDATE hero SET name = ? WHERE id = 1", (name,))
-        self.raw.set(f"{self.prefix}:{{hero}}:rt", os.urandom(8).hex())
+        write_behind_the_cache(self.path, self.raw, self.prefix, name)
 
     def close(self) -> None:
         SQLModelCache.reset()
