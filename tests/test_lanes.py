@@ -409,3 +409,86 @@ def test_a_killed_async_lane_connection_costs_one_miss_then_reconnects(
     assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # failed open
     assert loop.run_until_complete(_aname(async_engine)) == "Spider"  # reconnected
     assert _counts() == (1, 1, 1)
+
+
+def test_async_lanes_with_different_timeouts_each_time_out_on_time(
+    redis_server: servers.RedisServer,
+) -> None:
+    """Two transports on one loop, waiting at once: each call times out after its own
+    client's socket_timeout, and the connection works again after."""
+    from sqlmodel_cache.transport._resp import command
+
+    inspector = redis.Redis.from_url(redis_server.url)
+    loop = asyncio.new_event_loop()
+    patient = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=0.6)
+    hasty = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=0.1)
+    patient_lane, hasty_lane = lane_for(patient), lane_for(hasty)
+    assert isinstance(patient_lane, AsyncLane)
+    assert isinstance(hasty_lane, AsyncLane)
+
+    async def timed(lane: AsyncLane) -> float:
+        started = loop.time()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await lane.execute(command("PING"))
+        return loop.time() - started
+
+    async def both() -> tuple[float, float]:
+        await patient_lane.execute(command("PING"))  # connected before the pause
+        await hasty_lane.execute(command("PING"))
+        inspector.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        waits = await asyncio.gather(timed(patient_lane), timed(hasty_lane))
+        return waits[0], waits[1]
+
+    try:
+        patient_wait, hasty_wait = loop.run_until_complete(both())
+        assert 0.1 <= hasty_wait < 0.4
+        assert 0.6 <= patient_wait < 1.2
+        inspector.execute_command("CLIENT", "UNPAUSE")
+        assert loop.run_until_complete(hasty_lane.execute(command("PING"))) == b"PONG"
+    finally:
+        inspector.execute_command("CLIENT", "UNPAUSE")
+        loop.run_until_complete(patient.aclose())
+        loop.run_until_complete(hasty.aclose())
+        loop.close()
+        inspector.close()
+
+
+def test_a_reply_that_beats_its_deadline_by_a_hair_is_kept_and_its_stream_dropped() -> None:
+    """The deadline passes after the reply arrived but before the call resumed: the reply
+    is good; the stream, whose reads now fail, is disconnected rather than reused."""
+    from sqlmodel_cache.transport._connections import _Deadlines, _direct_exchange
+
+    loop = asyncio.new_event_loop()
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            loop.call_soon(reply_then_deadline)
+
+    class Connection:  # fault injection: a redis-py connection with a timely stream
+        is_connected = True
+        socket_timeout = 0.0
+        disconnected = False
+        _writer = Writer()
+
+        async def disconnect(self, nowait: bool = False) -> None:
+            self.disconnected = True
+
+    def reply_then_deadline() -> None:
+        # In one loop iteration, while the call waits: the reply arrives (waking the
+        # call), then the timer finds its deadline passed.
+        reader.feed_data(b"+PONG\r\n")
+        deadlines._expire()
+
+    async def exchange() -> Any:
+        return await _direct_exchange(connection, b"*1\r\n$4\r\nPING\r\n", deadlines)
+
+    reader = asyncio.StreamReader(loop=loop)
+    deadlines = _Deadlines(loop)
+    connection = Connection()
+    connection._reader = reader  # type: ignore[attr-defined]
+    try:
+        assert loop.run_until_complete(exchange()) == b"PONG"
+        assert isinstance(reader.exception(), redis.exceptions.TimeoutError)
+        assert connection.disconnected
+    finally:
+        loop.close()

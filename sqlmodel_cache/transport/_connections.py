@@ -32,9 +32,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import sys
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -179,7 +178,7 @@ class AsyncLane:
         # redis-py before 5.3 wants a command name when checking a connection out.
         wants_name = inspect.signature(pool.get_connection).parameters.get("command_name")
         self._checkout = () if wants_name is None or wants_name.default is None else ("EVALSHA",)
-        self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopLane] = (
             weakref.WeakKeyDictionary()
         )
         pool_size = getattr(pool, "max_connections", None) or ASYNC_IDLE_LIMIT * 4
@@ -188,13 +187,14 @@ class AsyncLane:
     async def execute(self, packed: bytes, key: str = "") -> Any:
         """As :meth:`SyncLane.execute`, awaited."""
         loop = asyncio.get_running_loop()
-        idle = self._idle.get(loop)
-        if idle is None:
-            idle = self._idle[loop] = []
+        here = self._loops.get(loop)
+        if here is None:
+            here = self._loops[loop] = _LoopLane(loop)
+        idle = here.idle
         connection = idle.pop() if idle else await self._pool.get_connection(*self._checkout)
         try:
             if self._direct:
-                return await _direct_exchange(connection, packed)
+                return await _direct_exchange(connection, packed, here.deadlines)
             await connection.send_packed_command([packed], check_health=False)
             return await connection.read_response()
         finally:
@@ -204,14 +204,69 @@ class AsyncLane:
                 await self._pool.release(connection)
 
 
-async def _direct_exchange(connection: Any, packed: bytes) -> Any:
+class _LoopLane:
+    """What an :class:`AsyncLane` keeps for one event loop."""
+
+    __slots__ = ("deadlines", "idle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.idle: list[Any] = []
+        self.deadlines = _Deadlines(loop)
+
+
+class _Deadlines:
+    """The read timeouts of a lane's exchanges on one event loop, kept with one timer.
+
+    ``asyncio.timeout()`` around each exchange (a timer scheduled and cancelled per call)
+    cost 11 µs of a 130 µs hit. Here a call only notes its deadline and crosses it off
+    when its reply is in; the one timer fires when the earliest deadline noted is due,
+    fails the read of every exchange past its deadline with redis-py's ``TimeoutError``
+    (through its stream), and is set again for the earliest deadline still noted, if any.
+    Under steady traffic it fires once per timeout period."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[asyncio.StreamReader, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, reader: asyncio.StreamReader, seconds: float) -> None:
+        self._due[reader] = self._loop.time() + seconds
+        if self._timer is None:
+            # The lane's connections share their pool's timeout, so deadlines are noted
+            # in the order they fall due: the first one pending is the earliest.
+            self._timer = self._loop.call_at(self._due[reader], self._expire)
+
+    def forget(self, reader: asyncio.StreamReader) -> None:
+        self._due.pop(reader, None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for reader, when in list(self._due.items()):
+            if when <= now:
+                del self._due[reader]
+                reader.set_exception(_redis_exceptions().TimeoutError("timeout reading the reply"))
+        if self._due:
+            # A deadline not quite reached (the loop may run a timer a little early) is
+            # simply set again: call_at() runs a past time on the next iteration.
+            self._timer = self._loop.call_at(min(self._due.values()), self._expire)
+
+
+async def _direct_exchange(connection: Any, packed: bytes, deadlines: _Deadlines) -> Any:
     """One command and its reply on the stream of a redis-py asyncio connection."""
     try:
         if not connection.is_connected:
             await connection.connect()
-        reply = await _with_timeout(
-            connection.socket_timeout, _exchange(connection._reader, connection._writer, packed)
-        )
+        reader = connection._reader
+        if connection.socket_timeout is not None:
+            deadlines.watch(reader, connection.socket_timeout)
+        try:
+            reply = await _exchange(reader, connection._writer, packed)
+        finally:
+            deadlines.forget(reader)
+        if reader.exception() is not None:
+            # The deadline passed as the reply came: the reply is good, the stream is not.
+            await connection.disconnect(nowait=True)
     except BaseException:
         # Whatever happened (a timeout, a cancellation), the reply may still come: a
         # connection is only reused in step with the server.
@@ -244,20 +299,6 @@ async def _exchange(
             if buffer:
                 raise ProtocolError("bytes after the reply")
             return value
-
-
-async def _with_timeout(seconds: float | None, exchange: Coroutine[Any, Any, Any]) -> Any:
-    """Await ``exchange`` for at most ``seconds`` (``None``: no limit), raising redis-py's
-    ``TimeoutError`` as its own connections do."""
-    if seconds is None:
-        return await exchange
-    try:
-        if sys.version_info >= (3, 11):
-            async with asyncio.timeout(seconds):
-                return await exchange
-        return await asyncio.wait_for(exchange, seconds)
-    except asyncio.TimeoutError:
-        raise _redis_exceptions().TimeoutError("timeout reading the reply") from None
 
 
 def _error_reply(message: str) -> Exception:
