@@ -641,7 +641,7 @@ class Bench:
         profiler.start()
         self.run(scenario, n)
         profiler.stop()
-        report = profiler.output_text(unicode=True, color=False, show_all=True)
+        report = profiler.output_text(unicode=True, color=False)
         with open(f"{out}.txt", "w") as file:
             file.write(report)
         with open(f"{out}.html", "w") as file:
