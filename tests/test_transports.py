@@ -21,6 +21,8 @@ from sqlmodel_cache.transport import (
     RedisAsyncTransport,
     RedisSyncTransport,
 )
+from sqlmodel_cache.transport import _redis as redis_transport
+from sqlmodel_cache.transport._protocols import Fetched
 from tests import servers
 
 SCHEMA = b"1" + b"a" * 15
@@ -43,22 +45,35 @@ class SyncView:
         return lambda *args: loop.run_until_complete(method(*args))
 
 
-@pytest.fixture(params=["memory", "redis-sync", "redis-async"])
-def store(request: pytest.FixtureRequest) -> Iterator[SyncView]:
-    """Each built-in transport, driven synchronously."""
+@pytest.fixture(
+    params=["memory", "redis-sync", "redis-async", "redis-sync-large", "redis-async-large"]
+)
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[SyncView]:
+    """Each built-in transport, driven synchronously. The ``-large`` ones take every entry
+    for a large one, and key ``k`` for one seen large already: each of their fetches of
+    ``k`` checks the entry in the script and reads it with a GET after it."""
     if request.param == "memory":
         yield SyncView(MemoryTransport(), None)
         return
     server: servers.RedisServer = request.getfixturevalue("redis_server")
     redis.Redis.from_url(server.url).flushdb()
-    if request.param == "redis-sync":
+    large = request.param.endswith("-large")
+    if large:
+        monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)
+    if request.param.startswith("redis-sync"):
         client = redis.Redis.from_url(server.url)
-        yield SyncView(RedisSyncTransport(client), None)
+        transport: Any = RedisSyncTransport(client)
+        if large:
+            transport._large.learn("k", Fetched(b"x", False, ()))
+        yield SyncView(transport, None)
         client.close()
         return
     loop = asyncio.new_event_loop()
     async_client = redis.asyncio.Redis.from_url(server.url)
-    yield SyncView(RedisAsyncTransport(async_client), loop)
+    transport = RedisAsyncTransport(async_client)
+    if large:
+        transport._large.learn("k", Fetched(b"x", False, ()))
+    yield SyncView(transport, loop)
     loop.run_until_complete(async_client.aclose())
     loop.close()
 
@@ -267,3 +282,92 @@ def test_a_black_holed_server_costs_at_most_the_timeout() -> None:
         transport.get("k")
     assert time.monotonic() - started < 2.0
     listener.close()
+
+
+def _getrange_calls(admin: redis.Redis) -> int:
+    stats = admin.info("commandstats").get("cmdstat_getrange", {})
+    return int(stats.get("calls", 0))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["redis-sync", "redis-async"])
+def test_a_key_seen_large_is_checked_in_the_script_and_read_by_a_get(
+    redis_server: servers.RedisServer, kind: str
+) -> None:
+    """From the second read of a large entry on, the script only checks its header (a
+    GETRANGE, counted by the server) and a GET after it returns the entry; once the entry
+    is small again, the key is read whole by the script again."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.flushdb()
+    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
+    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(redis_server.url)
+    store = SyncView((RedisSyncTransport if loop is None else RedisAsyncTransport)(client), loop)
+    large = TAG_A + SCHEMA + b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"
+    small = TAG_A + SCHEMA + b"[1]"
+    try:
+        assert _fetch(store).leased
+        assert store.fill("k", large, 60, b"Lmine")
+        admin.config_resetstat()
+        served = []
+        for expected_checks in (0, 1, 1):
+            hit = _fetch(store, b"Lother")
+            served.append(hit[:3] == (large, False, ()) and 59_000 < hit.expires_in_ms <= 60_000)
+            assert _getrange_calls(admin) == expected_checks
+            admin.config_resetstat()
+        assert served == [True, True, True]
+        admin.set("k", small)  # as if refilled with a small entry
+        assert _fetch(store, b"Lother").entry == small
+        assert _getrange_calls(admin) == 1  # checked, and now known to be small
+        admin.config_resetstat()
+        assert _fetch(store, b"Lother").entry == small
+        assert _getrange_calls(admin) == 0
+    finally:
+        if loop is not None:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+        else:
+            client.close()
+        admin.close()
+
+
+@pytest.mark.redis
+def test_a_large_entry_replaced_between_its_check_and_its_get_is_fetched_again(
+    redis_server: servers.RedisServer,
+) -> None:
+    """Fault injection: another client's write lands between the script and the GET. A
+    value that does not start with the header the script checked is not returned; the
+    transport fetches again with the whole script."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.flushdb()
+    client = redis.Redis.from_url(redis_server.url)
+    transport = RedisSyncTransport(client)
+    store = SyncView(transport, None)
+    large = TAG_A + SCHEMA + b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"
+    _fetch(store)
+    store.fill("k", large, 60, b"Lmine")
+    _fetch(store, b"Lother")  # seen large
+
+    class WriteInBetween:
+        """The fetch script, with another value than the checked one under the key by
+        the time the GET runs."""
+
+        def __init__(self, script: Any) -> None:
+            self.script = script
+            self.whole_fetches = 0
+
+        def __call__(self, keys: Any, args: Any) -> Any:
+            self.whole_fetches += 1
+            return self.script(keys, args)
+
+        def with_get(self, keys: Any, args: Any) -> list[Any]:
+            reply, _ = self.script.with_get(keys, args)
+            return [reply, TAG_B + SCHEMA + b"[written in between]"]
+
+    spy = transport._fetch = WriteInBetween(transport._fetch)
+    try:
+        hit = _fetch(store, b"Lother")
+    finally:
+        client.close()
+        admin.close()
+    assert hit.entry == large
+    assert spy.whole_fetches == 1

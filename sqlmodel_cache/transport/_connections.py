@@ -138,10 +138,11 @@ class SyncLane:
         self._make = make
         self._idle: list[Any] = []
 
-    def execute(self, packed: bytes, key: str = "") -> Any:
-        """Send one packed command and return its reply; raises what redis-py raises
-        (an error reply as ``ResponseError``, after which the connection is still fine).
-        ``key``, a key the command names, only matters to :class:`ClusterLanes`."""
+    def execute(self, packed: bytes, key: str = "", replies: int = 1) -> Any:
+        """Send packed commands and return the reply (the list of ``replies`` replies when
+        ``packed`` holds several commands); raises what redis-py raises (an error reply as
+        ``ResponseError``, after every reply was read, so the connection is still fine).
+        ``key``, a key the commands name, only matters to :class:`ClusterLanes`."""
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -150,7 +151,9 @@ class SyncLane:
             connection = self._make()  # the parent's socket: never written to here
         try:
             connection.send_packed_command([packed], check_health=False)
-            return connection.read_response()
+            if replies == 1:
+                return connection.read_response()
+            return _first_error_raised([_reply_or_error(connection) for _ in range(replies)])
         finally:
             # redis-py disconnected it on any failure; it reconnects on its next use.
             if len(self._idle) < SYNC_IDLE_LIMIT:
@@ -184,7 +187,7 @@ class AsyncLane:
         pool_size = getattr(pool, "max_connections", None) or ASYNC_IDLE_LIMIT * 4
         self._keep = min(ASYNC_IDLE_LIMIT, pool_size // 4)
 
-    async def execute(self, packed: bytes, key: str = "") -> Any:
+    async def execute(self, packed: bytes, key: str = "", replies: int = 1) -> Any:
         """As :meth:`SyncLane.execute`, awaited."""
         loop = asyncio.get_running_loop()
         here = self._loops.get(loop)
@@ -194,9 +197,11 @@ class AsyncLane:
         connection = idle.pop() if idle else await self._pool.get_connection(*self._checkout)
         try:
             if self._direct:
-                return await _direct_exchange(connection, packed, here.deadlines)
+                return await _direct_exchange(connection, packed, here.deadlines, replies)
             await connection.send_packed_command([packed], check_health=False)
-            return await connection.read_response()
+            if replies == 1:
+                return await connection.read_response()
+            return _first_error_raised([await _areply_or_error(connection) for _ in range(replies)])
         finally:
             if len(idle) < self._keep:
                 idle.append(connection)
@@ -252,8 +257,10 @@ class _Deadlines:
             self._timer = self._loop.call_at(min(self._due.values()), self._expire)
 
 
-async def _direct_exchange(connection: Any, packed: bytes, deadlines: _Deadlines) -> Any:
-    """One command and its reply on the stream of a redis-py asyncio connection."""
+async def _direct_exchange(
+    connection: Any, packed: bytes, deadlines: _Deadlines, replies: int = 1
+) -> Any:
+    """Commands and their replies on the stream of a redis-py asyncio connection."""
     try:
         if not connection.is_connected:
             await connection.connect()
@@ -261,7 +268,7 @@ async def _direct_exchange(connection: Any, packed: bytes, deadlines: _Deadlines
         if connection.socket_timeout is not None:
             deadlines.watch(reader, connection.socket_timeout)
         try:
-            reply = await _exchange(reader, connection._writer, packed)
+            values = await _exchange(reader, connection._writer, packed, replies)
         finally:
             deadlines.forget(reader)
         if reader.exception() is not None:
@@ -272,17 +279,24 @@ async def _direct_exchange(connection: Any, packed: bytes, deadlines: _Deadlines
         # connection is only reused in step with the server.
         await connection.disconnect(nowait=True)
         raise
-    if isinstance(reply, ProtocolError):
-        raise _error_reply(str(reply))
-    return reply
+    if replies == 1:
+        (value,) = values
+        if isinstance(value, ProtocolError):
+            raise _error_reply(str(value))
+        return value
+    return _first_error_raised(
+        [_error_reply(str(v)) if isinstance(v, ProtocolError) else v for v in values]
+    )
 
 
 async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, packed: bytes
-) -> Any:
-    """Send one command, read its one reply (RESP3 pushes before it are skipped)."""
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, packed: bytes, replies: int
+) -> list[Any]:
+    """Send commands, read their ``replies`` replies (RESP3 pushes among them are skipped);
+    an error reply is returned as a :class:`ProtocolError`."""
     writer.write(packed)
     buffer = bytearray()
+    values: list[Any] = []
     while True:
         chunk = await reader.read(READ_SIZE)
         if not chunk:
@@ -294,11 +308,39 @@ async def _exchange(
             except Incomplete:
                 break
             del buffer[:end]
-            if type(value) is tuple:  # a push (a maintenance notification): not the reply
+            if type(value) is tuple:  # a push (a maintenance notification): not a reply
+                continue
+            values.append(value)
+            if len(values) < replies:
                 continue
             if buffer:
                 raise ProtocolError("bytes after the reply")
-            return value
+            return values
+
+
+def _first_error_raised(values: list[Any]) -> list[Any]:
+    """Replies read in full, raising the first error reply among them: a call reads every
+    reply before it raises, so its connection stays in step with the server."""
+    for value in values:
+        if isinstance(value, Exception):
+            raise value
+    return values
+
+
+def _reply_or_error(connection: Any) -> Any:
+    """The next reply on a redis-py sync connection, an error reply as its exception."""
+    try:
+        return connection.read_response()
+    except _redis_exceptions().ResponseError as exc:
+        return exc
+
+
+async def _areply_or_error(connection: Any) -> Any:
+    """:func:`_reply_or_error` on a redis-py asyncio connection."""
+    try:
+        return await connection.read_response()
+    except _redis_exceptions().ResponseError as exc:
+        return exc
 
 
 def _error_reply(message: str) -> Exception:
@@ -342,17 +384,17 @@ class ClusterLanes:
             known = self._lanes[node.name] = (node, self._make_lane(node))
         return known[1]
 
-    def execute(self, packed: bytes, key: str = "") -> Any:
+    def execute(self, packed: bytes, key: str = "", replies: int = 1) -> Any:
         try:
-            return self.lane_of(key).execute(packed)
+            return self.lane_of(key).execute(packed, key, replies)
         except Exception as exc:
             if _client_may_recover(exc):
                 raise Rerouted(str(exc)) from exc
             raise
 
-    async def aexecute(self, packed: bytes, key: str = "") -> Any:
+    async def aexecute(self, packed: bytes, key: str = "", replies: int = 1) -> Any:
         try:
-            return await self.lane_of(key).execute(packed)
+            return await self.lane_of(key).execute(packed, key, replies)
         except Exception as exc:
             if _client_may_recover(exc):
                 raise Rerouted(str(exc)) from exc
