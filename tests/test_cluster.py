@@ -220,3 +220,39 @@ def test_a_slot_that_moved_is_followed_through_the_client(cluster_env: Env) -> N
     assert env.selects() == []
     assert SQLModelCache.stats()["Hero"]["hits"] == 2
     assert _failures() == {}
+
+
+def test_large_entries_are_checked_then_read_on_the_slots_node(
+    cluster_env: Env, redis_cluster: servers.RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every entry counted as large, each read after the first checks the entry in
+    the script and reads it with a GET on the same node's lane: a row, and a query over
+    tables in two slots (its tags read first from their own slots)."""
+    from sqlmodel_cache.transport import _redis as redis_transport
+    from tests.test_lanes import NoClientCalls
+
+    monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)
+    env = cluster_env
+    _seed(env)
+    expected = ([("Spider", "Avengers"), ("Daredevil", "Defenders")], "Spider")
+
+    def both(session: Session) -> tuple[list[tuple[str, str]], str]:
+        return _team_roster(session), _hero_name(session)
+
+    assert env.run(both) == expected  # misses: filled
+    assert env.run(both) == expected  # hits: read whole, now known to be large
+    nodes = [redis.Redis.from_url(node.url) for node in redis_cluster.nodes]
+    for node in nodes:
+        node.config_resetstat()
+    env.reset_sql()
+    with NoClientCalls(env.transport.client):
+        assert env.run(_hero_name) == "Spider"
+    assert env.run(both) == expected
+    checks = sum(
+        node.info("commandstats").get("cmdstat_getrange", {}).get("calls", 0) for node in nodes
+    )
+    assert checks == 3
+    assert env.selects() == []
+    assert _failures() == {}
+    for node in nodes:
+        node.close()

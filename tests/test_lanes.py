@@ -492,3 +492,54 @@ def test_a_reply_that_beats_its_deadline_by_a_hair_is_kept_and_its_stream_droppe
         assert connection.disconnected
     finally:
         loop.close()
+
+
+class _AsyncOverriding(redis.asyncio.Connection):
+    """A connection class with its own read: the asyncio lane goes through redis-py's."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        return await super().read_response(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["sync", "asyncio", "asyncio-custom-class"])
+def test_several_commands_in_one_call_get_every_reply_in_order(
+    redis_server: servers.RedisServer, kind: str
+) -> None:
+    """A script and a GET sent together (how a large entry is read): both replies come
+    back in order; an error reply among them is raised after every reply was read, so the
+    next call on the same connection gets its own reply."""
+    from sqlmodel_cache.transport._resp import command
+
+    inspector = redis.Redis.from_url(redis_server.url)
+    inspector.mset({"lane:a": b"first", "lane:b": b"second"})
+    pair = command("GET", "lane:a") + command("GET", "lane:b")
+    failing_pair = command("EVALSHA", "0" * 40, 0) + command("GET", "lane:b")
+    loop = asyncio.new_event_loop()
+    if kind == "sync":
+        client: Any = redis.Redis.from_url(redis_server.url)
+        lane: Any = lane_for(client)
+
+        def call(packed: bytes, replies: int = 1) -> Any:
+            return lane.execute(packed, "", replies)
+    else:
+        options = {"connection_class": _AsyncOverriding} if kind.endswith("class") else {}
+        client = redis.asyncio.Redis.from_url(redis_server.url, **options)
+        lane = lane_for(client)
+
+        def call(packed: bytes, replies: int = 1) -> Any:
+            return loop.run_until_complete(lane.execute(packed, "", replies))
+
+    try:
+        if kind != "sync":  # a class with its own read is used through redis-py's calls
+            assert lane._direct is (kind == "asyncio")
+        assert call(pair, 2) == [b"first", b"second"]
+        with pytest.raises(redis.exceptions.NoScriptError):
+            call(failing_pair, 2)
+        assert call(command("GET", "lane:a")) == b"first"
+    finally:
+        if kind == "sync":
+            client.close()
+        else:
+            loop.run_until_complete(client.aclose())
+        loop.close()
+        inspector.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,22 +165,31 @@ def test_expired_lease_lets_the_next_reader_lease(store: SyncView) -> None:
 
 @pytest.mark.redis
 @pytest.mark.parametrize("kind", ["redis-sync", "redis-async"])
+@pytest.mark.parametrize("large", [False, True])
 def test_scripts_are_reloaded_after_script_flush(
-    redis_server: servers.RedisServer, kind: str
+    redis_server: servers.RedisServer, kind: str, large: bool
 ) -> None:
-    """A server that lost the scripts (restart, SCRIPT FLUSH) gets them again on first use."""
+    """A server that lost the scripts (restart, SCRIPT FLUSH) gets them again on first use,
+    also when a large entry's check and GET meet a server without the script."""
     admin = redis.Redis.from_url(redis_server.url)
     admin.flushdb()
     loop = None if kind == "redis-sync" else asyncio.new_event_loop()
     client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(redis_server.url)
-    store = SyncView((RedisSyncTransport if loop is None else RedisAsyncTransport)(client), loop)
+    transport = (RedisSyncTransport if loop is None else RedisAsyncTransport)(client)
+    store = SyncView(transport, loop)
+    body = b"[" + b"7" * redis_transport.LARGE_ENTRY * large + b"]"
     try:
         for _ in range(2):
             admin.script_flush()
             fetched = _fetch(store, lease=b"Lmine")
             assert fetched.leased
             admin.script_flush()
-            assert store.fill("k", TAG_A + SCHEMA + b"[1]", 60, b"Lmine")
+            entry = b"".join(fetched.tags) + SCHEMA + body
+            assert store.fill("k", entry, 60, b"Lmine")
+            for _ in range(2):  # the second read of a large entry checks it, then GETs it
+                admin.script_flush()
+                assert _fetch(store, lease=b"Lother").entry == entry
+            assert ("k" in transport._large) is large
             admin.script_flush()
             store.invalidate(["k"], ["tag"], TAG_B)
             assert admin.get("k") is None
@@ -371,3 +381,58 @@ def test_a_large_entry_replaced_between_its_check_and_its_get_is_fetched_again(
         admin.close()
     assert hit.entry == large
     assert spy.whole_fetches == 1
+
+
+def test_the_keys_of_large_entries_are_remembered_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its bound the memory of large keys starts over; a key whose entry came back
+    small, or that had no entry, is not remembered."""
+    monkeypatch.setattr(redis_transport, "LARGE_KEYS", 3)
+    large = redis_transport._LargeEntries()
+    big = Fetched(b"x" * redis_transport.LARGE_ENTRY, False, ())
+    for key in "abc":
+        large.learn(key, big)
+    assert [key in large for key in "abc"] == [True, True, True]
+    large.learn("d", big)
+    assert [key in large for key in "abcd"] == [False, False, False, True]
+    large.learn("d", Fetched(b"x", False, ()))
+    large.learn("e", Fetched(None, True, ()))
+    assert [key in large for key in "de"] == [False, False]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["redis-sync", "redis-async"])
+def test_the_acl_the_docs_give_is_enough(redis_server: servers.RedisServer, kind: str) -> None:
+    """The ACL line of docs/transports.md, run as written, lets a user do every cache step:
+    load the scripts, read (a small entry whole, a large one checked then read with a GET),
+    fill and invalidate."""
+    text = (Path(__file__).parent.parent / "docs" / "transports.md").read_text("utf-8")
+    [line] = [line for line in text.splitlines() if line.startswith("ACL SETUSER cache-user")]
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.flushdb()
+    admin.script_flush()
+    admin.execute_command(*line.split())
+    url = redis_server.url.replace("redis://", "redis://cache-user:s3cret@")
+    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
+    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(url)
+    store = SyncView((RedisSyncTransport if loop is None else RedisAsyncTransport)(client), loop)
+    try:
+        for body in (b"[1]", b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"):
+            fetched = store.fetch("myapp:k", ["myapp:tag"], SCHEMA, TAG_A, b"Lmine", 5000)
+            assert fetched.leased
+            entry = b"".join(fetched.tags) + SCHEMA + body
+            assert store.fill("myapp:k", entry, 60, b"Lmine")
+            for _ in range(2):
+                hit = store.fetch("myapp:k", ["myapp:tag"], SCHEMA, TAG_A, b"Lother", 5000)
+                assert hit.entry == entry
+            store.invalidate(["myapp:k"], ["myapp:tag"], TAG_B)
+            assert admin.get("myapp:k") is None
+    finally:
+        if loop is not None:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+        else:
+            client.close()
+        admin.acl_deluser("cache-user")
+        admin.close()

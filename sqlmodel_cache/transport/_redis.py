@@ -4,6 +4,10 @@ Both classes are thin: the atomic operations are Lua scripts shipped as package 
 (``lua/*.lua``) and run with EVALSHA, so every operation is one round trip. Argument
 building and reply parsing are shared; only the call differs between the two classes.
 
+A large entry (a query result) is read with the fetch script told to check it only,
+followed in the same request by a ``GET`` of it: returning a value from Lua costs the
+server two copies of it (see ``docs/transports.md``, "Large entries").
+
 On Redis Cluster a script may only touch keys of one slot. The key layout puts a table's
 rows, tags and single-table query entries in one slot (the ``{table}`` hash tag), so most
 operations run exactly as on a single node. The two that span slots are split:
