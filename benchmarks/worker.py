@@ -251,9 +251,9 @@ class Bench:
 
         execute = _connections.AsyncLane.execute
 
-        async def counted(lane: Any, packed: bytes) -> Any:
-            Counters.trips += 1
-            return await execute(lane, packed)
+        async def counted(lane: Any, packed: bytes, *args: Any) -> Any:
+            Counters.trips += 1  # one request, whatever number of commands it packs
+            return await execute(lane, packed, *args)
 
         _connections.AsyncLane.execute = counted  # type: ignore[method-assign]
         return redis.asyncio.Connection
