@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,22 +62,27 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     large = request.param.endswith("-large")
     if large:
         monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)
-    if request.param.startswith("redis-sync"):
-        client = redis.Redis.from_url(server.url)
-        transport: Any = RedisSyncTransport(client)
+    with redis_store(server.url, request.param.removesuffix("-large")) as store:
         if large:
-            transport._large.learn("k", Fetched(b"x", False, ()))
-        yield SyncView(transport, None)
-        client.close()
-        return
-    loop = asyncio.new_event_loop()
-    async_client = redis.asyncio.Redis.from_url(server.url)
-    transport = RedisAsyncTransport(async_client)
-    if large:
-        transport._large.learn("k", Fetched(b"x", False, ()))
-    yield SyncView(transport, loop)
-    loop.run_until_complete(async_client.aclose())
-    loop.close()
+            store.transport._large.learn("k", Fetched(b"x", False, ()))
+        yield store
+
+
+@contextlib.contextmanager
+def redis_store(url: str, kind: str) -> Iterator[SyncView]:
+    """A Redis transport of ``kind`` (``redis-sync`` or ``redis-async``) on a client of
+    ``url``, driven synchronously; the client is closed after."""
+    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
+    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(url)
+    transport = (RedisSyncTransport if loop is None else RedisAsyncTransport)(client)
+    try:
+        yield SyncView(transport, loop)
+    finally:
+        if loop is not None:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+        else:
+            client.close()
 
 
 def _fetch(store: SyncView, lease: bytes = b"Lmine", tag: bytes = TAG_A) -> Any:
@@ -173,12 +179,8 @@ def test_scripts_are_reloaded_after_script_flush(
     also when a large entry's check and GET meet a server without the script."""
     admin = redis.Redis.from_url(redis_server.url)
     admin.flushdb()
-    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
-    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(redis_server.url)
-    transport = (RedisSyncTransport if loop is None else RedisAsyncTransport)(client)
-    store = SyncView(transport, loop)
     body = b"[" + b"7" * redis_transport.LARGE_ENTRY * large + b"]"
-    try:
+    with redis_store(redis_server.url, kind) as store:
         for _ in range(2):
             admin.script_flush()
             fetched = _fetch(store, lease=b"Lmine")
@@ -189,18 +191,12 @@ def test_scripts_are_reloaded_after_script_flush(
             for _ in range(2):  # the second read of a large entry checks it, then GETs it
                 admin.script_flush()
                 assert _fetch(store, lease=b"Lother").entry == entry
-            assert ("k" in transport._large) is large
+            assert ("k" in store.transport._large) is large
             admin.script_flush()
             store.invalidate(["k"], ["tag"], TAG_B)
             assert admin.get("k") is None
             assert admin.get("tag") == TAG_B
-    finally:
-        if loop is not None:
-            loop.run_until_complete(client.aclose())
-            loop.close()
-        else:
-            client.close()
-        admin.close()
+    admin.close()
 
 
 def test_builtin_transports_satisfy_the_protocols() -> None:
@@ -309,12 +305,9 @@ def test_a_key_seen_large_is_checked_in_the_script_and_read_by_a_get(
     is small again, the key is read whole by the script again."""
     admin = redis.Redis.from_url(redis_server.url)
     admin.flushdb()
-    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
-    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(redis_server.url)
-    store = SyncView((RedisSyncTransport if loop is None else RedisAsyncTransport)(client), loop)
     large = TAG_A + SCHEMA + b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"
     small = TAG_A + SCHEMA + b"[1]"
-    try:
+    with redis_store(redis_server.url, kind) as store:
         assert _fetch(store).leased
         assert store.fill("k", large, 60, b"Lmine")
         admin.config_resetstat()
@@ -331,13 +324,7 @@ def test_a_key_seen_large_is_checked_in_the_script_and_read_by_a_get(
         admin.config_resetstat()
         assert _fetch(store, b"Lother").entry == small
         assert _getrange_calls(admin) == 0
-    finally:
-        if loop is not None:
-            loop.run_until_complete(client.aclose())
-            loop.close()
-        else:
-            client.close()
-        admin.close()
+    admin.close()
 
 
 @pytest.mark.redis
@@ -414,10 +401,7 @@ def test_the_acl_the_docs_give_is_enough(redis_server: servers.RedisServer, kind
     admin.script_flush()
     admin.execute_command(*line.split())
     url = redis_server.url.replace("redis://", "redis://cache-user:s3cret@")
-    loop = None if kind == "redis-sync" else asyncio.new_event_loop()
-    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(url)
-    store = SyncView((RedisSyncTransport if loop is None else RedisAsyncTransport)(client), loop)
-    try:
+    with redis_store(url, kind) as store:
         for body in (b"[1]", b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"):
             fetched = store.fetch("myapp:k", ["myapp:tag"], SCHEMA, TAG_A, b"Lmine", 5000)
             assert fetched.leased
@@ -428,11 +412,5 @@ def test_the_acl_the_docs_give_is_enough(redis_server: servers.RedisServer, kind
                 assert hit.entry == entry
             store.invalidate(["myapp:k"], ["myapp:tag"], TAG_B)
             assert admin.get("myapp:k") is None
-    finally:
-        if loop is not None:
-            loop.run_until_complete(client.aclose())
-            loop.close()
-        else:
-            client.close()
-        admin.acl_deluser("cache-user")
-        admin.close()
+    admin.acl_deluser("cache-user")
+    admin.close()
