@@ -192,11 +192,17 @@ def _configure(
     wrap: Callable[[Any], Any] | None = None,
     near_cache: bool | str = False,
     cluster: bool = False,
+    large_entries: bool = False,
 ) -> Callable[[], None]:
     """Configure this process's cache; with ``near_cache``, also note which reads the L1
-    answers (see :func:`_read_loop`). Returns what undoes the latter."""
+    answers (see :func:`_read_loop`). Returns what undoes the latter. ``large_entries``:
+    the transport takes every entry for a large one (read by a check, then a GET)."""
     from sqlmodel_cache import NearCache, SQLModelCache
     from sqlmodel_cache.transport import RedisSyncTransport
+    from sqlmodel_cache.transport import _redis as redis_transport
+
+    if large_entries:
+        redis_transport.LARGE_ENTRY = 1
 
     transport: Any = RedisSyncTransport.from_url(redis_url, cluster=cluster)
     SQLModelCache.configure(
@@ -323,12 +329,13 @@ def _reader_process(
     where: str = "reader",
     near_cache: bool | str = False,
     cluster: bool = False,
+    large_entries: bool = False,
 ) -> tuple[list[Read], list[str], dict[str, int]]:
     """A reader in its own process, with its own engine and cache client (and near cache):
     its reads, its errors and its near-cache counters."""
     from sqlmodel_cache import SQLModelCache
 
-    _configure(redis_url, prefix, near_cache=near_cache, cluster=cluster)
+    _configure(redis_url, prefix, None, near_cache, cluster, large_entries)
     reads: list[Read] = []
     errors: list[str] = []
     try:
@@ -380,13 +387,18 @@ def run(
     wrap: Callable[[Any], Any] | None = None,
     near_cache: bool | str = False,
     cluster: bool = False,
+    large_entries: bool = False,
 ) -> Report:
     """Race writers and readers for ``seconds``. Fault injection: ``during`` runs a third of
     the way in; ``wrap`` wraps this process's transport (its writers and reader threads).
     ``near_cache``: every process (this one and each reader process) has a near cache.
-    ``cluster``: ``redis_url`` names a node of a Redis Cluster."""
+    ``cluster``: ``redis_url`` names a node of a Redis Cluster. ``large_entries``: every
+    process reads entries as large ones (the script checks, a GET after it reads)."""
+    from sqlmodel_cache.transport import _redis as redis_transport
+
     prefix = f"checker{uuid.uuid4().hex[:8]}"
-    unsubscribe = _configure(redis_url, prefix, wrap, near_cache, cluster)
+    large_entry = redis_transport.LARGE_ENTRY
+    unsubscribe = _configure(redis_url, prefix, wrap, near_cache, cluster, large_entries)
     try:
         return _run(
             database_url,
@@ -399,9 +411,11 @@ def run(
             during=during,
             near_cache=near_cache,
             cluster=cluster,
+            large_entries=large_entries,
         )
     finally:
         unsubscribe()
+        redis_transport.LARGE_ENTRY = large_entry
 
 
 def _run(
@@ -416,6 +430,7 @@ def _run(
     during: Callable[[], None] | None,
     near_cache: bool | str,
     cluster: bool,
+    large_entries: bool,
 ) -> Report:
     from tests.models import Counter
 
@@ -447,6 +462,7 @@ def _run(
                 f"reader{index}",
                 near_cache,
                 cluster,
+                large_entries,
             )
             for index in range(reader_processes)
         ]
@@ -495,6 +511,11 @@ def main() -> int:
         help="every process reads through a near cache (an in-process L1 in front of Redis), "
         "invalidated by client tracking (the default) or keyspace notifications",
     )
+    parser.add_argument(
+        "--large-entries",
+        action="store_true",
+        help="read every entry as a large one: the script checks it, a GET after it reads it",
+    )
     args = parser.parse_args()
     report = run(
         args.postgres,
@@ -502,6 +523,7 @@ def main() -> int:
         seconds=args.seconds,
         near_cache=args.near_cache,
         cluster=args.cluster,
+        large_entries=args.large_entries,
     )
     print(report.summary())
     return 0 if not report.stale() and not report.uncommitted() else 1

@@ -204,3 +204,23 @@ def test_near_cache_on_keyspace_notifications_is_stale_only_within_its_window(
     assert report.uncommitted() == [], summary
     assert all(lag < 0.1 for lag in report.stale_by()), summary
     assert len(report.l1_reads()) > len(report.reads) / 2, summary
+
+
+def test_no_stale_and_no_uncommitted_reads_when_every_entry_is_read_as_a_large_one(
+    postgres_server: Any, redis_server: Any
+) -> None:
+    """The same race with every process reading each entry as a large one: the fetch script
+    only checks it and a GET right after it returns it (two steps, not one atomic one)."""
+    _truncate_postgres(postgres_server.sync_url)
+    report = checker.run(
+        postgres_server.sync_url, redis_server.url, seconds=3.0, large_entries=True
+    )
+    summary = (
+        f"commits={len(report.commits)} reads={len(report.reads)} "
+        f"served_by_cache={report.cached_share():.1%}"
+    )
+    assert len(report.commits) > 20, summary
+    assert report.stale() == [], summary
+    assert report.uncommitted() == [], summary
+    assert report.errors == [], summary
+    assert report.cached_share() > 0.5, summary
