@@ -138,9 +138,10 @@ def _parse_peeked(replies: Sequence[Any]) -> Fetched | None:
     ``None`` when the entry the script checked was replaced before the GET read it (a new
     fill), or the GET did not run: then the caller fetches again the usual way.
 
-    An entry the GET returns that starts with the header the script checked was valid at
-    the GET, or was filled under those tags after the script ran: either way one that a
-    whole fetch running at that moment could have returned."""
+    An entry the GET returns that starts with the header the script checked was filled
+    under the tags current at the check, so after every commit that had returned when the
+    fetch began (each deletes the key or replaces a tag): a commit it misses ran while the
+    fetch did, as with any read."""
     reply, value = replies
     header = reply[0]
     if not header:
