@@ -136,7 +136,7 @@ class NearStore:
         self._forked = False
         timeout = max(1.0, settings.heartbeat)
 
-        def tracker(connect: Any, db: int) -> Tracker:
+        def tracker(connect: Any, db: int, cluster: bool = False) -> Tracker:
             return Tracker(
                 connect,
                 f"{key_prefix}:",
@@ -147,6 +147,7 @@ class NearStore:
                 lock=self._lock,
                 mode=settings.invalidation,
                 db=db,
+                cluster=cluster,
             )
 
         self.tracker: Tracker | ClusterTracking
@@ -155,7 +156,7 @@ class NearStore:
         if is_cluster(client):
             self.tracker = ClusterTracking(
                 lambda: {node.name: node for node in client.get_primaries()},
-                lambda node: tracker(node_connection_factory(node, timeout), 0),
+                lambda node: tracker(node_connection_factory(node, timeout), 0, cluster=True),
                 settings.heartbeat,
             )
             self._node_of = _node_namer(client)

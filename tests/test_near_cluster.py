@@ -224,3 +224,36 @@ def test_a_slot_migrated_to_another_primary_drops_what_was_kept(tmp_path: Path) 
                 gc.collect()
     finally:
         cluster.stop()
+
+
+def test_a_primary_that_says_its_cluster_is_not_ok_stops_the_near_cache(
+    setup: ClusterSetup, redis_cluster: servers.RedisCluster
+) -> None:
+    """A primary whose heartbeat answer says ``cluster_state:fail`` empties the near cache
+    and stops it until the node says ``ok`` again: a primary cut off from the rest of its
+    cluster says so after cluster-node-timeout, and a replica promoted in its place takes
+    writes this process would not hear of. Here the node says so because it dropped one of
+    its slots (no partition needed); the other primaries stay ok."""
+    setup.warm()
+    flushes = SQLModelCache.stats().get("*", {}).get("l1_flushes", 0)
+    owner = setup.raw.get_node_from_key("{hero}")
+    dropper = next(node for node in redis_cluster.nodes if str(node.port) != str(owner.port))
+    admin = redis.Redis.from_url(dropper.url)
+    slot = next(iter(admin.cluster("SLOTS")))[0]  # the first slot of its first range
+    admin.execute_command("CLUSTER", "DELSLOTS", slot)
+    try:
+        wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_flushes", 0) > flushes)
+        assert _near().size()[0] == 0
+        hits = _counts().get("l1_hits", 0)
+        for _ in range(3):
+            assert setup.name() == "Spider"  # from Redis: the hero's node is fine
+        assert _counts().get("l1_hits", 0) == hits
+        assert not _near().tracker.live
+    finally:
+        admin.execute_command("CLUSTER", "ADDSLOTS", slot)
+        admin.close()
+    wait_for(lambda: _near().tracker.live)
+    setup.warm()
+    hits = _counts().get("l1_hits", 0)
+    assert setup.name() == "Spider"
+    assert _counts()["l1_hits"] == hits + 1

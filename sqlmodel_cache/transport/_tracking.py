@@ -51,6 +51,17 @@ def read_reply(sock: socket.socket) -> tuple[Any, bytes]:
         return value, bytes(buffer[pos:])
 
 
+#: Why a cluster's tracking connection stops (see ``Tracker``'s ``cluster``).
+CLUSTER_NOT_OK = "the primary says its cluster is not ok (cluster_state)"
+
+
+def cluster_ok(info: Any) -> bool:
+    """Whether a ``CLUSTER INFO`` reply says ``cluster_state:ok``: not when the node cannot
+    reach most of the other primaries, or some slot has no node."""
+    text = info if isinstance(info, bytes) else str(info).encode()
+    return b"cluster_state:ok" in text
+
+
 class Refused(Exception):
     """The server answered the tracking handshake with an error (no RESP3 or no client
     tracking, or an ACL that forbids it), rather than failing to answer."""
@@ -93,6 +104,12 @@ class Tracker:
         heartbeat: seconds between two PINGs; a connection that has not answered a PING
             sent within the last three heartbeats counts as lost (silent, or so slow
             that invalidations arrive late).
+        cluster: the server is a primary of a Redis Cluster. The heartbeat is then
+            ``CLUSTER INFO`` rather than ``PING`` (answered in the same order), and the
+            connection counts as lost when the node says its cluster is not ``ok``: a
+            primary cut off from the rest of its cluster says so after
+            ``cluster-node-timeout``, the time the others wait before promoting one of its
+            replicas, whose writes would not reach this connection.
     """
 
     def __init__(
@@ -106,10 +123,13 @@ class Tracker:
         lock: threading.RLock,
         mode: str = "tracking",
         db: int = 0,
+        cluster: bool = False,
     ) -> None:
         self._connect = connect
         self._prefix = prefix
         self.mode = mode
+        self._cluster = cluster
+        self._heartbeat = command("CLUSTER", "INFO") if cluster else command("PING")
         self._keyspace = f"__keyspace@{db}__:".encode()
         self._marker = f"{prefix}near-cache-marker"
         self._probe: Any = None  # keyspace mode: the connection that checks the marker
@@ -194,7 +214,7 @@ class Tracker:
                     self._on_flush("the server flushed its keys")
                 now = time.monotonic()
                 if self._sock is not None and beat:
-                    self._send(command("PING"))
+                    self._send(self._heartbeat)
                     self._pings.append(now)
                     self._last_ping = now
                 if self.live and now - self._heard_at > self.max_silence:
@@ -266,6 +286,10 @@ class Tracker:
             if type(exc).__name__ in ("ResponseError", "NoPermissionError"):
                 raise Refused(exc) from exc
             raise
+        if self._cluster:
+            connection.send_command("CLUSTER", "INFO")
+            if not cluster_ok(connection.read_response()):
+                raise RuntimeError(CLUSTER_NOT_OK)
         sock = connection._sock
         sock.sendall(command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix))
         reply, pushed = read_reply(sock)
@@ -382,6 +406,10 @@ class Tracker:
                     self._on_keys(keys)
         elif value == b"PONG" or (type(value) is list and value[:1] == [b"pong"]):
             self._heard_at = self._pings.popleft() if self._pings else time.monotonic()
+        elif type(value) is bytes and b"cluster_state:" in value:  # the cluster heartbeat
+            self._heard_at = self._pings.popleft() if self._pings else time.monotonic()
+            if not cluster_ok(value):
+                self._lose(CLUSTER_NOT_OK)
         elif type(value) is list and value[:1] == [b"pmessage"] and len(value) == 4:
             channel = value[2]  # keyspace mode: __keyspace@<db>__:<key>, the event as data
             if channel.startswith(self._keyspace):
