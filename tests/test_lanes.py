@@ -483,7 +483,7 @@ def test_a_reply_that_beats_its_deadline_by_a_hair_is_kept_and_its_stream_droppe
         return await _direct_exchange(connection, b"*1\r\n$4\r\nPING\r\n", deadlines)
 
     reader = asyncio.StreamReader(loop=loop)
-    deadlines = _Deadlines(loop)
+    deadlines = _Deadlines()
     connection = Connection()
     connection._reader = reader  # type: ignore[attr-defined]
     try:

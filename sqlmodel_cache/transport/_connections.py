@@ -192,7 +192,7 @@ class AsyncLane:
         loop = asyncio.get_running_loop()
         here = self._loops.get(loop)
         if here is None:
-            here = self._loops[loop] = _LoopLane(loop)
+            here = self._loops[loop] = _LoopLane()
         idle = here.idle
         connection = idle.pop() if idle else await self._pool.get_connection(*self._checkout)
         try:
@@ -214,9 +214,9 @@ class _LoopLane:
 
     __slots__ = ("deadlines", "idle")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
         self.idle: list[Any] = []
-        self.deadlines = _Deadlines(loop)
+        self.deadlines = _Deadlines()
 
 
 class _Deadlines:
@@ -229,24 +229,28 @@ class _Deadlines:
     (through its stream), and is set again for the earliest deadline still noted, if any.
     Under steady traffic it fires once per timeout period."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        # NOTE: the loop is asked for, not kept: a lane's state per loop is held weakly
+        # by its loop, which must not be kept alive by it.
         self._due: dict[asyncio.StreamReader, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._armed = False  # the timer is set (its handle would keep the loop alive)
 
     def watch(self, reader: asyncio.StreamReader, seconds: float) -> None:
-        self._due[reader] = self._loop.time() + seconds
-        if self._timer is None:
+        loop = asyncio.get_running_loop()
+        self._due[reader] = loop.time() + seconds
+        if not self._armed:
             # The lane's connections share their pool's timeout, so deadlines are noted
             # in the order they fall due: the first one pending is the earliest.
-            self._timer = self._loop.call_at(self._due[reader], self._expire)
+            loop.call_at(self._due[reader], self._expire)
+            self._armed = True
 
     def forget(self, reader: asyncio.StreamReader) -> None:
         self._due.pop(reader, None)
 
     def _expire(self) -> None:
-        self._timer = None
-        now = self._loop.time()
+        self._armed = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         for reader, when in list(self._due.items()):
             if when <= now:
                 del self._due[reader]
@@ -254,7 +258,8 @@ class _Deadlines:
         if self._due:
             # A deadline not quite reached (the loop may run a timer a little early) is
             # simply set again: call_at() runs a past time on the next iteration.
-            self._timer = self._loop.call_at(min(self._due.values()), self._expire)
+            loop.call_at(min(self._due.values()), self._expire)
+            self._armed = True
 
 
 async def _direct_exchange(
