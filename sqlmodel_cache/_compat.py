@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
@@ -21,7 +21,21 @@ from sqlalchemy.util import await_only as _await_only
 from sqlalchemy.util import greenlet_spawn as greenlet_spawn
 from sqlmodel import SQLModel
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
 T = TypeVar("T")
+
+
+def async_session_class() -> type[AsyncSession] | None:
+    """SQLAlchemy's ``AsyncSession``, or ``None`` when it cannot be imported: SQLAlchemy 2.1
+    does not install greenlet (the ``async`` extra does), and without it no
+    ``AsyncSession`` can exist, so there is nothing of it to wrap."""
+    try:
+        from sqlalchemy.ext.asyncio import AsyncSession
+    except ImportError:
+        return None
+    return AsyncSession
 
 
 def await_only(awaitable: Awaitable[T]) -> T:

@@ -25,15 +25,14 @@ usual way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper, Session
 
 from sqlmodel_cache import _keys, _state
 from sqlmodel_cache._codec import Unsupported
-from sqlmodel_cache._compat import autobegin, greenlet_spawn, is_clean
+from sqlmodel_cache._compat import async_session_class, autobegin, greenlet_spawn, is_clean
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import (
     HANDLED,
@@ -50,20 +49,27 @@ from sqlmodel_cache._reads import (
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache.transport._protocols import Fetched
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
 _sqlalchemy_get = Session.get
-_sqlalchemy_aget = AsyncSession.get
+#: ``None`` without greenlet, when no ``AsyncSession`` can run (see ``async_session_class``).
+_AsyncSession = async_session_class()
+_sqlalchemy_aget: Any = None if _AsyncSession is None else _AsyncSession.get
 
 
 def install() -> None:
     """Wrap ``Session.get`` and ``AsyncSession.get`` (idempotent)."""
     Session.get = get  # type: ignore[assignment]
-    AsyncSession.get = aget  # type: ignore[assignment]
+    if _AsyncSession is not None:
+        _AsyncSession.get = aget  # type: ignore[assignment,method-assign]
 
 
 def uninstall() -> None:
     """Restore SQLAlchemy's methods (idempotent)."""
     Session.get = _sqlalchemy_get  # type: ignore[method-assign]
-    AsyncSession.get = _sqlalchemy_aget  # type: ignore[method-assign]
+    if _AsyncSession is not None:
+        _AsyncSession.get = _sqlalchemy_aget  # type: ignore[method-assign]
 
 
 def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:

@@ -166,3 +166,37 @@ def test_module_entry_point_runs_the_demo() -> None:
     assert result.stderr == ""
     assert "HIT: 0 SQL statements" in result.stdout
     assert "All checks passed." in result.stdout
+
+
+#: What ``pip install .`` leaves out: every package only an extra brings.
+EXTRAS_ONLY = ("greenlet", "redis", "rich", "opentelemetry", "prometheus_client")
+
+_WITHOUT_EXTRAS = f"""
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {EXTRAS_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from sqlmodel_cache.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_readme_demo_runs_with_the_base_dependencies_only(tmp_path: Path) -> None:
+    """``pip install . && sqlmodel-cache demo``, the README's first command, installs no
+    extra: the demo (and importing the library) must work with none of them, greenlet
+    included (SQLAlchemy 2.1 does not install it), here made unimportable."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, "demo", "--reads", "5", "--no-color"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SQL: SELECT demo_hero." in result.stdout
