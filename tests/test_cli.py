@@ -181,22 +181,62 @@ class NotInstalled:
         return None
 
 sys.meta_path.insert(0, NotInstalled())
-from sqlmodel_cache.cli import main
-sys.exit(main(sys.argv[1:]))
 """
+
+
+def _without_extras(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``program`` in a fresh interpreter where no package of an extra can be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS + program, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def test_the_readme_demo_runs_with_the_base_dependencies_only(tmp_path: Path) -> None:
     """``pip install . && sqlmodel-cache demo``, the README's first command, installs no
     extra: the demo (and importing the library) must work with none of them, greenlet
     included (SQLAlchemy 2.1 does not install it), here made unimportable."""
-    result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_EXTRAS, "demo", "--reads", "5", "--no-color"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        check=False,
-    )
+    program = "from sqlmodel_cache.cli import main\nsys.exit(main(sys.argv[1:]))"
+    result = _without_extras(program, "demo", "--reads", "5", "--no-color", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "SQL: SELECT demo_hero." in result.stdout
+
+
+def test_the_pytest_plugin_works_with_the_base_dependencies_only(tmp_path: Path) -> None:
+    """Installing the package registers its pytest plugin in every test run of the
+    project: with no extra installed, its in-process fixture still serves a test."""
+    (tmp_path / "test_cached.py").write_text(
+        """
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from sqlmodel_cache import CacheConfig
+
+
+class Pet(SQLModel, table=True):
+    __cache_config__ = CacheConfig(ttl=60)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+
+
+def test_second_read_is_a_hit(sqlmodel_cache, sql_counter):
+    engine = create_engine("sqlite://")
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Pet(id=1, name="Rex"))
+        session.commit()
+    counter = sql_counter(engine)
+    for _ in range(2):
+        with Session(engine) as session:
+            assert session.get(Pet, 1).name == "Rex"
+    assert len(counter.statements) == 1
+""",
+        encoding="utf-8",
+    )
+    program = "import pytest\nsys.exit(pytest.main(sys.argv[1:]))"
+    result = _without_extras(program, "-q", "-p", "no:cacheprovider", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
