@@ -5,6 +5,7 @@ The whole get and query suites also run through it (the ``*-near-*`` envs in con
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -53,7 +54,8 @@ def hero_database(path: Path) -> Engine:
 def write_behind_the_cache(path: Path, client: Any, prefix: str, name: str) -> None:
     """Another program renames the hero in the database at ``path``, and another process's
     commit re-tags its table in Redis (``client``, under ``prefix``)."""
-    with sqlite3.connect(path) as connection:
+    # closing(): a sqlite3 connection's own "with" commits but does not close it.
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
         connection.execute("UPDATE hero SET name = ? WHERE id = 1", (name,))
     client.set(f"{prefix}:{{hero}}:rt", os.urandom(8).hex())
 
@@ -176,7 +178,7 @@ def test_own_commit_clears_the_near_cache_before_commit_returns(setup: Setup) ->
 
 def test_manual_invalidation_clears_the_near_cache(setup: Setup) -> None:
     setup.warm()
-    with sqlite3.connect(setup.path) as connection:
+    with contextlib.closing(sqlite3.connect(setup.path)) as connection, connection:
         connection.execute("UPDATE hero SET name = 'Ghost' WHERE id = 1")
     setup.near.tracker._drain = lambda: None  # type: ignore[method-assign]
     SQLModelCache.invalidate(Hero, 1)
