@@ -194,9 +194,14 @@ class _Script:
 
     def __init__(self, client: Any, source: str, lane: Any) -> None:
         self._client = client
-        self._lane = lane
         self._script = client.register_script(source)
         self._no_script: type[Exception] = _import_redis().exceptions.NoScriptError
+        #: The lane's call, ``(packed, key, replies=1)``: sync or awaited, as the script is.
+        self._on_lane: Any = None if lane is None else self._lane_call(lane)
+
+    @staticmethod
+    def _lane_call(lane: Any) -> Any:
+        return lane.execute
 
     def _arguments(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self._script.sha, len(keys), *keys, *args)
@@ -210,9 +215,9 @@ class _SyncScript(_Script):
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         arguments = self._arguments(keys, args)
         try:
-            if self._lane is not None:
+            if self._on_lane is not None:
                 try:
-                    return self._lane.execute(command(*arguments), keys[0])
+                    return self._on_lane(command(*arguments), keys[0])
                 except Rerouted:
                     pass  # a cluster's layout changed: the client finds the way
             return self._client.execute_command(*arguments)
@@ -223,40 +228,39 @@ class _SyncScript(_Script):
         """The script's reply and the value of ``keys[0]`` read right after it, in one
         round trip on the lane; ``None`` when that cannot be done (no lane, a cluster
         redirection, a server without the script): then call the script alone."""
-        if self._lane is None:
+        if self._on_lane is None:
             return None
         try:
-            replies: list[Any] = self._lane.execute(self._with_get(keys, args), keys[0], 2)
+            replies: list[Any] = self._on_lane(self._with_get(keys, args), keys[0], 2)
         except (Rerouted, self._no_script):
             return None
         return replies
 
 
 class _AsyncScript(_Script):
+    @staticmethod
+    def _lane_call(lane: Any) -> Any:
+        # Cluster lanes serve sync and asyncio clients: their awaited call is aexecute().
+        return lane.aexecute if isinstance(lane, ClusterLanes) else lane.execute
+
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         arguments = self._arguments(keys, args)
         try:
-            if isinstance(self._lane, ClusterLanes):
+            if self._on_lane is not None:
                 try:
-                    return await self._lane.aexecute(command(*arguments), keys[0])
+                    return await self._on_lane(command(*arguments), keys[0])
                 except Rerouted:
                     pass  # a cluster's layout changed: the client finds the way
-            elif self._lane is not None:
-                return await self._lane.execute(command(*arguments))
             return await self._client.execute_command(*arguments)
         except self._no_script:
             return await self._script(keys=keys, args=args)
 
     async def with_get(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any] | None:
         """As :meth:`_SyncScript.with_get`, awaited."""
-        packed = self._with_get(keys, args)
+        if self._on_lane is None:
+            return None
         try:
-            if isinstance(self._lane, ClusterLanes):
-                replies: list[Any] = await self._lane.aexecute(packed, keys[0], 2)
-            elif self._lane is not None:
-                replies = await self._lane.execute(packed, keys[0], 2)
-            else:
-                return None
+            replies: list[Any] = await self._on_lane(self._with_get(keys, args), keys[0], 2)
         except (Rerouted, self._no_script):
             return None
         return replies

@@ -129,7 +129,7 @@ class Tracker:
         self._prefix = prefix
         self.mode = mode
         self._cluster = cluster
-        self._heartbeat = command("CLUSTER", "INFO") if cluster else command("PING")
+        self._heartbeat_command = command("CLUSTER", "INFO") if cluster else command("PING")
         self._keyspace = f"__keyspace@{db}__:".encode()
         self._marker = f"{prefix}near-cache-marker"
         self._probe: Any = None  # keyspace mode: the connection that checks the marker
@@ -214,7 +214,7 @@ class Tracker:
                     self._on_flush("the server flushed its keys")
                 now = time.monotonic()
                 if self._sock is not None and beat:
-                    self._send(self._heartbeat)
+                    self._send(self._heartbeat_command)
                     self._pings.append(now)
                     self._last_ping = now
                 if self.live and now - self._heard_at > self.max_silence:
@@ -404,11 +404,13 @@ class Tracker:
                     self._on_flush("the server flushed its keys")
                 else:
                     self._on_keys(keys)
-        elif value == b"PONG" or (type(value) is list and value[:1] == [b"pong"]):
+        elif (
+            value == b"PONG"
+            or (type(value) is list and value[:1] == [b"pong"])
+            or (type(value) is bytes and b"cluster_state:" in value)  # CLUSTER INFO
+        ):
             self._heard_at = self._pings.popleft() if self._pings else time.monotonic()
-        elif type(value) is bytes and b"cluster_state:" in value:  # the cluster heartbeat
-            self._heard_at = self._pings.popleft() if self._pings else time.monotonic()
-            if not cluster_ok(value):
+            if self._cluster and not cluster_ok(value):
                 self._lose(CLUSTER_NOT_OK)
         elif type(value) is list and value[:1] == [b"pmessage"] and len(value) == 4:
             channel = value[2]  # keyspace mode: __keyspace@<db>__:<key>, the event as data
