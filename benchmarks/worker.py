@@ -255,6 +255,7 @@ class Bench:
             Counters.trips += 1  # one request, whatever number of commands it packs
             return await execute(lane, packed, *args)
 
+        # Before any transport exists: its scripts take their lane's call when they are made.
         _connections.AsyncLane.execute = counted  # type: ignore[method-assign]
         return redis.asyncio.Connection
 
