@@ -618,7 +618,7 @@ class Bench:
         finally:
             tracemalloc.stop()
         check(len(values) == ROWS, f"near memory: {len(values)} rows kept of {ROWS}")
-        from sqlmodel_cache._near import ENTRY_OVERHEAD
+        from sqlmodel_cache.transport._redis.near import ENTRY_OVERHEAD
 
         return {
             "rows": ROWS,

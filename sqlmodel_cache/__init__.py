@@ -19,7 +19,7 @@ from sqlmodel_cache._errors import (
     InvalidationError,
     MissingDependencyError,
 )
-from sqlmodel_cache._near import NearCache
+from sqlmodel_cache.transport._redis.near import NearCache
 
 __version__ = "0.2.0"
 

@@ -6,24 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlmodel_cache import _invalidation, _listeners, _state, _stats
-from sqlmodel_cache._breaker import CircuitBreaker
-from sqlmodel_cache._codec import Framing
 from sqlmodel_cache._compat import greenlet_spawn
-from sqlmodel_cache._config import CacheSettings, check_ttl
-from sqlmodel_cache._driver import Driver
+from sqlmodel_cache._config import CacheSettings
 from sqlmodel_cache._errors import ConfigurationError
-from sqlmodel_cache._models import ModelRegistry
-from sqlmodel_cache._near import NearCache, NearStore, check_client
 from sqlmodel_cache._state import Runtime
-from sqlmodel_cache._stats import Stats
-
-
-def _check_prefix(key_prefix: object) -> str:
-    if not isinstance(key_prefix, str) or not key_prefix:
-        raise ConfigurationError(f"key_prefix must be a non-empty str, got {key_prefix!r}")
-    if any(ch.isspace() for ch in key_prefix):
-        raise ConfigurationError(f"key_prefix must not contain whitespace, got {key_prefix!r}")
-    return key_prefix
+from sqlmodel_cache.transport._redis.near import NearCache
 
 
 class SQLModelCache:
@@ -81,75 +68,23 @@ class SQLModelCache:
         Raises:
             ConfigurationError: a value is invalid; the message says which and why.
         """
-        check_ttl(default_ttl, "default_ttl")
-        _check_prefix(key_prefix)
-        for name, flag in (
-            ("enabled", enabled),
-            ("raise_on_invalidation_error", raise_on_invalidation_error),
-        ):
-            if not isinstance(flag, bool):
-                raise ConfigurationError(f"{name} must be a bool, got {flag!r}")
-        if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int):
-            raise ConfigurationError(f"max_entry_bytes must be an int, got {max_entry_bytes!r}")
-        if max_entry_bytes < 64:
-            raise ConfigurationError(f"max_entry_bytes must be at least 64, got {max_entry_bytes}")
-        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or lease_ttl <= 0:
-            raise ConfigurationError(f"lease_ttl must be a positive number, got {lease_ttl!r}")
-        if (
-            isinstance(lease_wait, bool)
-            or not isinstance(lease_wait, (int, float))
-            or not 0 <= lease_wait < lease_ttl
-        ):
-            raise ConfigurationError(
-                f"lease_wait must be a number from 0 to below lease_ttl, got {lease_wait!r}"
-            )
-        if isinstance(breaker_threshold, bool) or not isinstance(breaker_threshold, int):
-            raise ConfigurationError(f"breaker_threshold must be an int, got {breaker_threshold!r}")
-        if breaker_threshold < 1:
-            raise ConfigurationError(f"breaker_threshold must be >= 1, got {breaker_threshold}")
-        if (
-            isinstance(breaker_reset, bool)
-            or not isinstance(breaker_reset, (int, float))
-            or breaker_reset <= 0
-        ):
-            raise ConfigurationError(
-                f"breaker_reset must be a positive number, got {breaker_reset!r}"
-            )
-        if signing_key is not None and (
-            not isinstance(signing_key, bytes) or len(signing_key) < 16
-        ):
-            raise ConfigurationError("signing_key must be bytes of at least 16 bytes")
-        if near_cache is not None and not isinstance(near_cache, NearCache):
-            raise ConfigurationError(
-                f"near_cache must be a NearCache(...) or None, got {near_cache!r}"
-            )
-        driver = Driver(transport)
-        client = None if near_cache is None else check_client(transport, near_cache)
         settings = CacheSettings(
             transport=transport,
             default_ttl=default_ttl,
             key_prefix=key_prefix,
             enabled=enabled,
             max_entry_bytes=max_entry_bytes,
-            lease_ttl=float(lease_ttl),
-            lease_wait=float(lease_wait),
+            lease_ttl=lease_ttl,
+            lease_wait=lease_wait,
             signing_key=signing_key,
             raise_on_invalidation_error=raise_on_invalidation_error,
             near_cache=near_cache,
+            breaker_threshold=breaker_threshold,
+            breaker_reset=breaker_reset,
         )
         _listeners.uninstall()
         _close(_state.runtime)
-        stats = Stats()
-        if near_cache is not None and enabled:
-            driver.near = NearStore(near_cache, client, key_prefix, stats)
-        _state.runtime = Runtime(
-            settings=settings,
-            driver=driver,
-            registry=ModelRegistry(key_prefix, default_ttl),
-            framing=Framing(signing_key),
-            breaker=CircuitBreaker(breaker_threshold, float(breaker_reset)),
-            stats=stats,
-        )
+        _state.runtime = Runtime.start(settings)
         if enabled:
             _listeners.install()
 

@@ -1,7 +1,11 @@
 """Every touch of SQLAlchemy internals lives here, checked against SQLAlchemy 2.0 and 2.1.
 
-Keeping them in one module means a SQLAlchemy upgrade is reviewed in one place; the test
-suite runs on both versions (see ``noxfile.py``).
+Whatever of SQLAlchemy's (or SQLModel's) is not documented public API, a private
+attribute or method, is reached through a function of this module and nowhere else; so
+are SQLAlchemy's greenlet bridges (``await_only``, ``greenlet_spawn``). A SQLAlchemy
+upgrade is thus reviewed in one place; the test suite runs on both versions (see
+``noxfile.py``). redis-py's internals have their own corner: ``transport/_redis/``
+(``connections.py`` and ``tracking.py``).
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine.result import SimpleResultMetaData
-from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
+from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import DEFAULT_STATE_ATTR
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql import ClauseElement, Select
+from sqlalchemy.sql.cache_key import CacheKey
 from sqlalchemy.util import await_only as _await_only
 from sqlalchemy.util import greenlet_spawn as greenlet_spawn
 from sqlmodel import SQLModel
@@ -225,6 +230,33 @@ def is_clean(session: Session) -> bool:
 def autoflush(session: Session) -> None:
     """Flush pending changes if the session autoflushes, as a SELECT would (no-op if clean)."""
     session._autoflush()
+
+
+def populates_existing(state: ORMExecuteState) -> bool:
+    """True when the load refreshes objects the session holds (``populate_existing``, also
+    set by ``session.refresh()`` and expired-attribute loads)."""
+    return bool(state.load_options._populate_existing)
+
+
+def autoflushes(state: ORMExecuteState) -> bool:
+    """True when SQLAlchemy flushes the session before running this load."""
+    return bool(state.load_options._autoflush)
+
+
+def statement_cache_key(statement: Select[Any]) -> CacheKey | None:
+    """SQLAlchemy's own cache key of a statement (its structure, and its bound parameters
+    in order), or ``None`` when the statement cannot be cached by SQLAlchemy either."""
+    return statement._generate_cache_key()
+
+
+def sqlmodel_registry() -> Any:
+    """The registry SQLModel's table models are mapped in by default."""
+    return SQLModel._sa_registry
+
+
+def orm_execute_listeners(session: Session) -> int:
+    """How many ``do_orm_execute`` listeners apply to ``session`` (ours included)."""
+    return len(session.dispatch.do_orm_execute)
 
 
 def identity_token_of(load_options: Any) -> Any:

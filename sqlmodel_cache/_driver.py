@@ -14,16 +14,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel_cache._compat import await_only, in_async_session_context
-from sqlmodel_cache._errors import ConfigurationError
 from sqlmodel_cache.transport._protocols import Fetched
 
 if TYPE_CHECKING:
-    from sqlmodel_cache._near import NearStore
+    from sqlmodel_cache.transport._redis.near import NearStore
 
 #: How long emulated tags live on a transport without native tag support (30 days).
 EMULATED_TAG_TTL = 30 * 24 * 3600
 
-_BASIC = ("get", "set", "delete")
 _ATOMIC = ("fetch", "fill", "invalidate")
 
 
@@ -95,13 +93,6 @@ class Driver:
     """The transport as the core sees it: sync calls, atomic operations, one round trip each."""
 
     def __init__(self, transport: Any) -> None:
-        missing = [name for name in _BASIC if not callable(getattr(transport, name, None))]
-        if missing:
-            raise ConfigurationError(
-                f"{type(transport).__name__} is not a cache transport: it lacks "
-                f"{', '.join(missing)}(). Pass MemoryTransport(), RedisSyncTransport(client), "
-                "RedisAsyncTransport(client) or an object with get/set/delete methods."
-            )
         self.transport = transport
         self.is_async = inspect.iscoroutinefunction(transport.get)
         self.is_atomic = all(callable(getattr(transport, name, None)) for name in _ATOMIC)

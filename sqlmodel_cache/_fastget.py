@@ -32,7 +32,13 @@ from sqlalchemy.orm import Mapper, Session
 
 from sqlmodel_cache import _keys, _state
 from sqlmodel_cache._codec import Unsupported
-from sqlmodel_cache._compat import async_session_class, autobegin, greenlet_spawn, is_clean
+from sqlmodel_cache._compat import (
+    async_session_class,
+    autobegin,
+    greenlet_spawn,
+    is_clean,
+    orm_execute_listeners,
+)
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import (
     HANDLED,
@@ -203,7 +209,7 @@ def _eligible(
         session.identity_map
     ):
         return None  # SQLAlchemy returns (and may refresh) the object it holds
-    if len(session.dispatch.do_orm_execute) != 1:
+    if orm_execute_listeners(session) != 1:
         return None  # another listener must see the statement (tenant criteria, ...)
     if not is_clean(session) or getattr(session, "execution_options", None):
         return None  # an autoflush would run first; session-wide options apply

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import os
 
-#: Length of a tag in bytes (16 hex characters).
-TAG_SIZE = 16
+from sqlmodel_cache.transport._protocols import LEASE_PREFIX
 
 
 def table_part(prefix: str, table_name: str) -> str:
@@ -55,4 +54,4 @@ def new_tag() -> bytes:
 
 def new_lease() -> bytes:
     """A lease marker unique to one fetch."""
-    return b"L" + os.urandom(8).hex().encode("ascii")
+    return LEASE_PREFIX + os.urandom(8).hex().encode("ascii")

@@ -22,7 +22,7 @@ from sqlmodel_cache._codec import (
     is_int_key,
     key_canonicalizer,
 )
-from sqlmodel_cache._compat import get_clause, identity_class_of, instance_maker
+from sqlmodel_cache._compat import get_clause, identity_class_of, instance_maker, sqlmodel_registry
 from sqlmodel_cache._config import CacheConfig
 
 logger = logging.getLogger("sqlmodel_cache")
@@ -212,9 +212,7 @@ class ModelRegistry:
         return max(ttls)
 
     def _all_mappers(self) -> set[Mapper[Any]]:
-        from sqlmodel import SQLModel
-
-        registries = {SQLModel._sa_registry, *self._registries}
+        registries = {sqlmodel_registry(), *self._registries}
         return {mapper for registry in registries for mapper in registry.mappers}
 
     def _refresh_tables(self) -> None:

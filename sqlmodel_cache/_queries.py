@@ -30,10 +30,12 @@ from sqlalchemy.sql.visitors import iterate
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import FORMAT_VERSION, Decoder, Encoder, Unsupported, column_codec, dumps
+from sqlmodel_cache._compat import statement_cache_key
 from sqlmodel_cache._instances import hash_or_id, instances_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._reads import fetch, forget, own_writes_block, read_bypass, store
 from sqlmodel_cache._state import Runtime
+from sqlmodel_cache.transport._protocols import TAG_SIZE
 
 #: SQL functions whose result depends only on their arguments. Any other function (now(),
 #: random(), a user function that reads other tables) makes a statement uncacheable.
@@ -211,7 +213,7 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
     options = state.execution_options
     if options.get("yield_per") or options.get("stream_results"):
         return None
-    cache_key = statement._generate_cache_key()
+    cache_key = statement_cache_key(statement)
     if cache_key is None:
         return None
     bind = state.session.get_bind(**state.bind_arguments)
@@ -301,7 +303,7 @@ def _decode(
     runtime: Runtime, state: ORMExecuteState, shape: QueryShape, key: str, entry: bytes
 ) -> list[tuple[Any, ...]] | None:
     """The result rows in ``entry`` (entities joined to the session), or ``None`` if corrupt."""
-    header = entry[: _keys.TAG_SIZE * len(shape.tag_keys)] + shape.schema
+    header = entry[: TAG_SIZE * len(shape.tag_keys)] + shape.schema
     body = runtime.framing.unframe(key, header, entry)
     if body is None:
         return None

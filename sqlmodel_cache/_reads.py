@@ -21,16 +21,18 @@ from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import Unsupported
 from sqlmodel_cache._compat import (
     autoflush,
+    autoflushes,
     has_options_or_lock,
     identity_token_of,
     is_get_statement,
+    populates_existing,
     sleep,
 )
 from sqlmodel_cache._instances import instance_for, result_rows, rows_result
 from sqlmodel_cache._models import ModelPlan
 from sqlmodel_cache._state import Runtime
 from sqlmodel_cache._writes import deliver, tracker_of
-from sqlmodel_cache.transport._protocols import Fetched
+from sqlmodel_cache.transport._protocols import TAG_SIZE, Fetched
 
 #: Execution option by which ``Session.get()``'s fast path hands its fetch (a miss and its
 #: lease, or ``None`` when the cache is unavailable) to the event path: ``(key, found)``.
@@ -93,7 +95,7 @@ def read_bypass(
             return "option"
         runtime.stats.warn("cache_option", "execution option cache must be True or False")
         return "invalid_option"
-    if options.get("populate_existing") or state.load_options._populate_existing:
+    if options.get("populate_existing") or populates_existing(state):
         return "populate_existing"
     if has_options_or_lock(state.statement):
         return "statement_options"
@@ -103,7 +105,7 @@ def read_bypass(
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         runtime.stats.warn("cache_ttl", "execution option cache_ttl must be a positive int")
         return "invalid_option"
-    if state.load_options._autoflush:
+    if autoflushes(state):
         # SQLAlchemy autoflushes before its SELECT; a hit must not skip that, and what the
         # flush writes must make the reads below bypass the cache.
         autoflush(state.session)
@@ -236,7 +238,7 @@ def _decode_hit(runtime: Runtime, plan: ModelPlan, key: str, entry: bytes) -> di
 
     The transport already matched the entry's tag against the current one; the schema,
     signature, JSON and the row's own primary key are checked here."""
-    header = entry[: _keys.TAG_SIZE] + plan.codec.schema
+    header = entry[:TAG_SIZE] + plan.codec.schema
     body = runtime.framing.unframe(key, header, entry)
     if body is None:
         return None

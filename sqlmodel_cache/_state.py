@@ -13,6 +13,7 @@ from sqlmodel_cache._models import ModelPlan, ModelRegistry
 from sqlmodel_cache._pending import PendingInvalidations
 from sqlmodel_cache._shapes import ShapeCache
 from sqlmodel_cache._stats import Stats
+from sqlmodel_cache.transport._redis.near import NearStore, check_client
 
 
 @dataclass
@@ -33,6 +34,24 @@ class Runtime:
     #: The longest TTL this process has stored an entry with (pending invalidations last
     #: that long: every entry they would have removed has expired by then).
     max_ttl: int = 0
+
+    @classmethod
+    def start(cls, settings: CacheSettings) -> Runtime:
+        """The runtime of ``settings``: a near cache is started only when caching is on."""
+        stats = Stats()
+        driver = Driver(settings.transport)
+        near_cache = settings.near_cache
+        if near_cache is not None and settings.enabled:
+            client = check_client(settings.transport, near_cache)
+            driver.near = NearStore(near_cache, client, settings.key_prefix, stats)
+        return cls(
+            settings=settings,
+            driver=driver,
+            registry=ModelRegistry(settings.key_prefix, settings.default_ttl),
+            framing=Framing(settings.signing_key),
+            breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_reset),
+            stats=stats,
+        )
 
     @property
     def lease_ttl_ms(self) -> int:

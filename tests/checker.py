@@ -199,7 +199,7 @@ def _configure(
     the transport takes every entry for a large one (read by a check, then a GET)."""
     from sqlmodel_cache import NearCache, SQLModelCache
     from sqlmodel_cache.transport import RedisSyncTransport
-    from sqlmodel_cache.transport import _redis as redis_transport
+    from sqlmodel_cache.transport._redis import transport as redis_transport
 
     if large_entries:
         redis_transport.LARGE_ENTRY = 1
@@ -394,7 +394,7 @@ def run(
     ``near_cache``: every process (this one and each reader process) has a near cache.
     ``cluster``: ``redis_url`` names a node of a Redis Cluster. ``large_entries``: every
     process reads entries as large ones (the script checks, a GET after it reads)."""
-    from sqlmodel_cache.transport import _redis as redis_transport
+    from sqlmodel_cache.transport._redis import transport as redis_transport
 
     prefix = f"checker{uuid.uuid4().hex[:8]}"
     large_entry = redis_transport.LARGE_ENTRY

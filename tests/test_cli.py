@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sqlmodel_cache import SQLModelCache, _demo
-from sqlmodel_cache.cli import main
+from sqlmodel_cache import SQLModelCache
+from sqlmodel_cache.cli import _demo, main
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,9 +23,9 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, select
 
 from sqlmodel_cache import SQLModelCache
-from sqlmodel_cache._admin import decode_entry, parse_key
-from sqlmodel_cache._bench import NEAR_SCENARIOS, SCENARIOS, scenarios
 from sqlmodel_cache.cli import main
+from sqlmodel_cache.cli._admin import decode_entry, parse_key
+from sqlmodel_cache.cli._bench import NEAR_SCENARIOS, SCENARIOS, scenarios
 from sqlmodel_cache.transport import RedisSyncTransport
 from tests import servers
 from tests.models import METADATAS, Hero, Team
@@ -605,7 +605,7 @@ def test_bench_stops_when_the_near_cache_does_not_answer_hot_reads(
 ) -> None:
     """A near cache hit that went to Redis (here: a near cache that never answers) is a
     one-line error, not a Redis hit timed as a near cache hit; the table and keys go."""
-    from sqlmodel_cache._near import NearStore
+    from sqlmodel_cache.transport._redis.near import NearStore
 
     monkeypatch.setattr(NearStore, "lookup", lambda self, *args: None)
     url = f"sqlite:///{tmp_path / 'app.db'}"
@@ -648,7 +648,7 @@ def test_bench_drops_its_table_when_it_fails(
 ) -> None:
     """A failure half-way (here: a cache that forgets, so a hit sends SQL) is a one-line
     error, and the scratch table is dropped anyway."""
-    from sqlmodel_cache import _bench
+    from sqlmodel_cache.cli import _bench
 
     monkeypatch.setattr(_bench, "MemoryTransport", Forgetful)
     url = postgres_server.sync_url

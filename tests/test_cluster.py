@@ -228,7 +228,7 @@ def test_large_entries_are_checked_then_read_on_the_slots_node(
     """With every entry counted as large, each read after the first checks the entry in
     the script and reads it with a GET on the same node's lane: a row, and a query over
     tables in two slots (its tags read first from their own slots)."""
-    from sqlmodel_cache.transport import _redis as redis_transport
+    from sqlmodel_cache.transport._redis import transport as redis_transport
     from tests.test_lanes import NoClientCalls
 
     monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)

@@ -1,4 +1,4 @@
-"""The transports' own connections (``transport/_connections.py``), against a real Redis.
+"""The transports' own connections (``transport/_redis/connections.py``), against a real Redis.
 
 A hit sends its script on a lane, not through the client; these tests pin that down and
 check what the client would otherwise have given: reconnecting, timeouts, forks, scripts
@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
-from sqlmodel_cache.transport._connections import AsyncLane, ClusterLanes, SyncLane, lane_for
+from sqlmodel_cache.transport._redis.connections import AsyncLane, ClusterLanes, SyncLane, lane_for
 from tests import servers
 from tests.models import Hero
 from tests.test_near import hero_database
@@ -372,7 +372,7 @@ def test_a_cancelled_async_call_leaves_no_reply_behind(
 ) -> None:
     """A call cancelled while its reply is on the way must not hand that reply to the next
     call on the same connection."""
-    from sqlmodel_cache.transport._resp import command
+    from sqlmodel_cache.transport._redis.resp import command
 
     inspector = redis.Redis.from_url(redis_server.url)
     inspector.mset({"lane:a": b"first", "lane:b": b"second"})
@@ -416,7 +416,7 @@ def test_async_lanes_with_different_timeouts_each_time_out_on_time(
 ) -> None:
     """Two transports on one loop, waiting at once: each call times out after its own
     client's socket_timeout, and the connection works again after."""
-    from sqlmodel_cache.transport._resp import command
+    from sqlmodel_cache.transport._redis.resp import command
 
     inspector = redis.Redis.from_url(redis_server.url)
     loop = asyncio.new_event_loop()
@@ -456,7 +456,7 @@ def test_async_lanes_with_different_timeouts_each_time_out_on_time(
 def test_a_reply_that_beats_its_deadline_by_a_hair_is_kept_and_its_stream_dropped() -> None:
     """The deadline passes after the reply arrived but before the call resumed: the reply
     is good; the stream, whose reads now fail, is disconnected rather than reused."""
-    from sqlmodel_cache.transport._connections import _Deadlines, _direct_exchange
+    from sqlmodel_cache.transport._redis.connections import _Deadlines, _direct_exchange
 
     loop = asyncio.new_event_loop()
 
@@ -508,7 +508,7 @@ def test_several_commands_in_one_call_get_every_reply_in_order(
     """A script and a GET sent together (how a large entry is read): both replies come
     back in order; an error reply among them is raised after every reply was read, so the
     next call on the same connection gets its own reply."""
-    from sqlmodel_cache.transport._resp import command
+    from sqlmodel_cache.transport._redis.resp import command
 
     inspector = redis.Redis.from_url(redis_server.url)
     inspector.mset({"lane:a": b"first", "lane:b": b"second"})

@@ -20,15 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from sqlmodel_cache import ConfigurationError, NearCache, SQLModelCache, _state
-from sqlmodel_cache._near import NearStore
 from sqlmodel_cache.transport import (
     Fetched,
     MemoryTransport,
     RedisAsyncTransport,
     RedisSyncTransport,
 )
-from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, command, parse
-from sqlmodel_cache.transport._tracking import read_reply
+from sqlmodel_cache.transport._redis.near import NearStore
+from sqlmodel_cache.transport._redis.resp import Incomplete, ProtocolError, command, parse
+from sqlmodel_cache.transport._redis.tracking import read_reply
 from tests import servers
 from tests.models import Hero
 

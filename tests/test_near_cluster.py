@@ -25,8 +25,8 @@ from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from sqlmodel_cache import NearCache, SQLModelCache, _state
-from sqlmodel_cache._near import NearStore
 from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
+from sqlmodel_cache.transport._redis.near import NearStore
 from tests import servers
 from tests.models import Hero
 from tests.test_near import hero_database, wait_for, write_behind_the_cache

@@ -13,8 +13,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from sqlmodel_cache import ConfigurationError
-from sqlmodel_cache._driver import Driver
+from sqlmodel_cache import CacheSettings, ConfigurationError
 from sqlmodel_cache.transport import (
     AsyncCacheTransport,
     AtomicCacheTransport,
@@ -23,8 +22,8 @@ from sqlmodel_cache.transport import (
     RedisAsyncTransport,
     RedisSyncTransport,
 )
-from sqlmodel_cache.transport import _redis as redis_transport
 from sqlmodel_cache.transport._protocols import Fetched
+from sqlmodel_cache.transport._redis import transport as redis_transport
 from tests import servers
 
 SCHEMA = b"1" + b"a" * 15
@@ -242,10 +241,10 @@ def test_redis_transport_refuses_non_clients() -> None:
         RedisSyncTransport(object())
 
 
-def test_driver_refuses_non_transports() -> None:
+def test_settings_refuse_non_transports() -> None:
     """An object without get/set/delete is not a transport."""
     with pytest.raises(ConfigurationError, match="lacks get, set, delete"):
-        Driver(object())
+        CacheSettings(transport=object())
 
 
 def test_from_url_bounds_timeouts(redis_server: servers.RedisServer) -> None:

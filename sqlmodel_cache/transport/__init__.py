@@ -14,7 +14,7 @@ from sqlmodel_cache.transport._protocols import (
     CacheTransport,
     Fetched,
 )
-from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport
+from sqlmodel_cache.transport._redis.transport import RedisAsyncTransport, RedisSyncTransport
 
 __all__ = [
     "LEASE_PREFIX",

@@ -24,6 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
+TAG_SIZE = 16
+"""Length of a tag in bytes (16 hex characters)."""
+
 LEASE_PREFIX = b"L"
 """The first byte of every lease marker. Entries start with hex tags, so no entry starts
 with it; ``fetch`` uses it to tell another reader's lease from an entry."""

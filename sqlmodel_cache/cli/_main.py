@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlmodel_cache import __version__
-from sqlmodel_cache._admin import (
+from sqlmodel_cache._errors import ConfigurationError
+from sqlmodel_cache.cli._admin import (
     NO_TTL,
     TTL_BUCKETS,
     CommandError,
@@ -40,8 +41,7 @@ from sqlmodel_cache._admin import (
     redact,
     sample_entries,
 )
-from sqlmodel_cache._bench import MIN_ROWS, NEAR_AFTER, run_bench, scenarios
-from sqlmodel_cache._errors import ConfigurationError
+from sqlmodel_cache.cli._bench import MIN_ROWS, NEAR_AFTER, run_bench, scenarios
 
 
 def _positive_int(text: str) -> int:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from sqlmodel_cache._demo import run_demo  # imported late: it defines a table model
+    from sqlmodel_cache.cli._demo import run_demo  # imported late: it defines a table model
 
     color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
     return run_demo(
@@ -598,7 +598,3 @@ def _run_bench(args: argparse.Namespace) -> int:
         "lrrrr"[: len(columns)],
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,7 +27,7 @@ import orjson
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import MissingDependencyError
-from sqlmodel_cache.transport._protocols import LEASE_PREFIX
+from sqlmodel_cache.transport._protocols import LEASE_PREFIX, TAG_SIZE
 
 #: Keys per SCAN call and per pipelined batch: big enough for few round trips, small
 #: enough that no single command holds the server for long.
@@ -373,7 +373,7 @@ def decode_entry(value: bytes, tag_count: int | None) -> Decoded:
     starts, right after them or after a 16-byte signature. (Only a signature made of hex
     characters alone, 1 in 2**64, could be read as one more tag.)
     """
-    size = _keys.TAG_SIZE
+    size = TAG_SIZE
     run = _hex_run(value)
     counts = [tag_count] if tag_count is not None else range(run // size - 1, 0, -1)
     for count in counts:

@@ -31,11 +31,11 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from sqlmodel_cache import _state
-from sqlmodel_cache._admin import CommandError, connect, prefix_pattern, redact, unlink_matching
 from sqlmodel_cache._api import SQLModelCache
 from sqlmodel_cache._config import CacheConfig
-from sqlmodel_cache._near import NearCache
+from sqlmodel_cache.cli._admin import CommandError, connect, prefix_pattern, redact, unlink_matching
 from sqlmodel_cache.transport import MemoryTransport, RedisSyncTransport
+from sqlmodel_cache.transport._redis.near import NearCache
 
 #: (key, label, baseline key): the scenarios in the order they are shown. Keys are stable:
 #: they are the ``--json`` output's.

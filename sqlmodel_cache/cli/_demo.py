@@ -20,10 +20,10 @@ from sqlalchemy.orm import registry
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine
 
-from sqlmodel_cache._admin import prefix_pattern, redact, unlink_matching
 from sqlmodel_cache._api import SQLModelCache
 from sqlmodel_cache._config import CacheConfig
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
+from sqlmodel_cache.cli._admin import prefix_pattern, redact, unlink_matching
 from sqlmodel_cache.transport import MemoryTransport, RedisSyncTransport
 
 _MODEL = "DemoHero"

@@ -8,7 +8,7 @@ instance built from it, and one session mutating its instance would change the o
 
 Consistency rests on three rules:
 
-* **the server invalidates**: a :class:`~sqlmodel_cache.transport._tracking.Tracker`
+* **the server invalidates**: a :class:`~sqlmodel_cache.transport._redis.tracking.Tracker`
   receives every write to a key under the prefix; a reader applies whatever has arrived
   before it serves, and nothing is served while the tracking connection is down or silent;
 * **no late inserts**: a reader registers a *ticket* for the keys it is about to fetch
@@ -19,7 +19,7 @@ Consistency rests on three rules:
   the Redis call (``discard``), and a failed one flushes everything.
 
 On Redis Cluster, where only the primary serving a key's slot pushes its invalidation, a
-:class:`~sqlmodel_cache.transport._tracking.ClusterTracking` tracks every primary, and a
+:class:`~sqlmodel_cache.transport._redis.tracking.ClusterTracking` tracks every primary, and a
 ticket also names the primaries that serve its keys: the entry is kept only if the slot map
 names the same tracked, live primaries when the fetch ends.
 """
@@ -33,19 +33,21 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlmodel_cache import _keys
 from sqlmodel_cache._errors import ConfigurationError
-from sqlmodel_cache._stats import Stats
-from sqlmodel_cache.transport._connections import (
+from sqlmodel_cache.transport._protocols import TAG_SIZE, Fetched
+from sqlmodel_cache.transport._redis.connections import (
     connection_factory,
     connection_kwargs,
     node_connection_factory,
 )
-from sqlmodel_cache.transport._protocols import Fetched
-from sqlmodel_cache.transport._redis import RedisAsyncTransport, RedisSyncTransport, is_cluster
-from sqlmodel_cache.transport._tracking import ClusterTracking, Tracker
+from sqlmodel_cache.transport._redis.tracking import ClusterTracking, Tracker
+from sqlmodel_cache.transport._redis.transport import (
+    RedisAsyncTransport,
+    RedisSyncTransport,
+    is_cluster,
+)
 
 #: Bytes a stored entry costs beyond its key and value bytes: the ``str``, ``bytes``,
 #: tuple and float objects, the ordered dict's slot and link. tracemalloc measures 230 to
@@ -109,6 +111,12 @@ class NearCache:
             )
 
 
+class Counts(Protocol):
+    """Where the near cache counts what it does (the runtime's ``Stats``)."""
+
+    def add(self, model: str, event: str, amount: int = 1) -> None: ...
+
+
 class _Ticket:
     __slots__ = ("__weakref__", "cancelled", "keys", "nodes", "started")
 
@@ -122,7 +130,7 @@ class _Ticket:
 class NearStore:
     """The near cache of one configured runtime: bounded store, tickets, tracker."""
 
-    def __init__(self, settings: NearCache, client: Any, key_prefix: str, stats: Stats) -> None:
+    def __init__(self, settings: NearCache, client: Any, key_prefix: str, stats: Counts) -> None:
         self.settings = settings
         self.stats = stats
         # key -> (value, monotonic deadline): an entry goes when Redis's copy would expire,
@@ -238,7 +246,7 @@ class NearStore:
                 return  # a slot moved during the fetch: who served it is not known
             # From before the request: the copy never outlives the entry it copies.
             deadline = ticket.started + expires_in_ms / 1000
-            size = _keys.TAG_SIZE
+            size = TAG_SIZE
             self._put(key, entry, deadline)
             for index, tag_key in enumerate(tag_keys):  # tags never expire in Redis either
                 self._put(tag_key, entry[index * size : (index + 1) * size], _NEVER)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, parse
+from sqlmodel_cache.transport._redis.resp import Incomplete, ProtocolError, parse
 
 #: Connections a sync lane keeps between calls; a burst of concurrent reads from more
 #: threads opens more and closes them after.

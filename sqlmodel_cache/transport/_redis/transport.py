@@ -28,18 +28,22 @@ from importlib import resources
 from typing import Any
 
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
-from sqlmodel_cache.transport._connections import (
+from sqlmodel_cache.transport._protocols import Fetched
+from sqlmodel_cache.transport._redis.connections import (
     ClusterLanes,
     Rerouted,
     connection_kwargs,
     lane_for,
 )
-from sqlmodel_cache.transport._protocols import Fetched
-from sqlmodel_cache.transport._resp import command
+from sqlmodel_cache.transport._redis.resp import command
 
 
 def _script_source(name: str) -> str:
-    return resources.files("sqlmodel_cache.transport").joinpath(f"lua/{name}").read_text("utf-8")
+    return (
+        resources.files("sqlmodel_cache.transport._redis")
+        .joinpath(f"lua/{name}")
+        .read_text("utf-8")
+    )
 
 
 _SCRIPTS = ("fetch", "fill", "invalidate")
@@ -189,7 +193,7 @@ def _warn_if_unbounded(client: Any, kind: str) -> None:
 
 class _Script:
     """A script run with a bare ``EVALSHA``, on the transport's lane when the client has one
-    (see ``_connections``). redis-py's ``Script`` object is kept to load the script when
+    (see ``connections``). redis-py's ``Script`` object is kept to load the script when
     the server does not have it (a new or restarted server, ``SCRIPT FLUSH``)."""
 
     def __init__(self, client: Any, source: str, lane: Any) -> None:

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlmodel_cache.transport._resp import Incomplete, ProtocolError, command, parse
+from sqlmodel_cache.transport._redis.resp import Incomplete, ProtocolError, command, parse
 
 logger = logging.getLogger("sqlmodel_cache")
 
