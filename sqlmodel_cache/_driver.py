@@ -96,10 +96,13 @@ class Driver:
         self.transport = transport
         self.is_async = inspect.iscoroutinefunction(transport.get)
         self.is_atomic = all(callable(getattr(transport, name, None)) for name in _ATOMIC)
+        #: A coroutine may await the transport's atomic operations itself (``adelete``,
+        #: ``transport.fetch`` and ``transport.fill``), with no greenlet.
+        self.awaitable = self.is_async and self.is_atomic
         ops: Any = _AwaitingFacade(transport) if self.is_async else transport
         self._ops: Any = ops if self.is_atomic else _EmulatedAtomic(ops)
         #: The near cache in front of the transport, if configured (reads consult it in
-        #: ``_reads.fetch``; every write here goes through it).
+        #: ``_flow.read``; every write here goes through it).
         self.near: NearStore | None = None
 
     def usable_here(self) -> bool:
@@ -143,3 +146,9 @@ class Driver:
         if self.near is not None:
             self.near.discard(keys)
         self._ops.delete(*keys)
+
+    async def adelete(self, *keys: str) -> None:
+        """:meth:`delete`, awaited directly (only when :attr:`awaitable`)."""
+        if self.near is not None:
+            self.near.discard(keys)
+        await self.transport.delete(*keys)

@@ -3,34 +3,31 @@
 Between ``session.get()`` and the ``do_orm_execute`` event, SQLAlchemy builds a statement,
 looks up its compiled form and sets up an ORM execution: tens of microseconds, more than a
 cache hit itself costs. ``configure()`` therefore wraps ``Session.get`` (``reset()``
-restores it). The wrapper answers only the plain call: a cache-enabled model by primary
+restores it). The wrapper takes only the plain call: a cache-enabled model by primary
 key, no options, a clean session whose identity map does not hold the object, and no
 ``do_orm_execute`` listener but ours (another one, e.g. adding tenant criteria, must see
-the statement). It runs the same checks, the same fetch and builds the same instance as
-the event path.
+the statement). Every other call goes to SQLAlchemy's ``get`` and through the event path.
 
-Every other call goes to SQLAlchemy's ``get`` and through the event path unchanged. A miss
-that took the lease reads the database through SQLAlchemy's ``get`` with the event path
-told to stand aside (``HANDLED``), then fills the entry here, with the same checks as the
-event path (``fill_after_miss``); any other miss hands its fetch down (``PREFETCHED``). Either
-way a miss costs no extra round trip.
+A call it takes runs the same read flow as the event path (``_flow.read``): a hit builds
+the instance here; a read that needs the database calls SQLAlchemy's ``get`` with the event
+path told to stand aside (``HANDLED``), and the flow fills the entry from what it loaded.
+So a miss costs no extra round trip.
 
-``AsyncSession.get`` is wrapped the same way (``aget``) when the transport is async: a
-hit is then answered in the coroutine itself, awaiting the transport directly, without
-entering SQLAlchemy's greenlet; a miss reads through ``AsyncSession.get`` and fills in a
-greenlet. Anything else that might need the greenlet (a bad entry to delete, eager
-relationships to load, a lease to wait for, pending invalidations to deliver) goes the
-usual way.
+``AsyncSession.get`` is wrapped the same way (``aget``): the flow is driven by awaiting,
+in the coroutine itself, so a hit on an async transport never enters SQLAlchemy's greenlet;
+only the database read (``AsyncSession.get``) and what must run as sync code (eager
+relationships of a hit, a basic async transport's emulated operations) do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import inspect
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.orm import Mapper, Session
 
-from sqlmodel_cache import _keys, _state
+from sqlmodel_cache import _state
 from sqlmodel_cache._codec import Unsupported
 from sqlmodel_cache._compat import (
     async_session_class,
@@ -39,21 +36,11 @@ from sqlmodel_cache._compat import (
     is_clean,
     orm_execute_listeners,
 )
+from sqlmodel_cache._flow import Hit, Loaded, read
+from sqlmodel_cache._instances import instance_for
 from sqlmodel_cache._models import ModelPlan
-from sqlmodel_cache._reads import (
-    HANDLED,
-    PREFETCHED,
-    READ_FAILED,
-    answer_hit,
-    drop_bad_entry,
-    fetch,
-    fill_after_miss,
-    forget,
-    session_bypass,
-    transport_failed,
-)
+from sqlmodel_cache._reads import HANDLED, arun, run
 from sqlmodel_cache._state import Runtime
-from sqlmodel_cache.transport._protocols import Fetched
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -62,6 +49,9 @@ _sqlalchemy_get = Session.get
 #: ``None`` without greenlet, when no ``AsyncSession`` can run (see ``async_session_class``).
 _AsyncSession = async_session_class()
 _sqlalchemy_aget: Any = None if _AsyncSession is None else _AsyncSession.get
+
+#: What the fast path's own database read passes to SQLAlchemy's ``get``.
+_HANDLED = {HANDLED: True}
 
 
 def install() -> None:
@@ -84,113 +74,59 @@ def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:
     runtime = _state.runtime
     if runtime is None or any(options.values()):
         return _sqlalchemy_get(session, entity, ident, **options)
-    eligible = _eligible(runtime, session, entity, ident)
-    if eligible is None:
+    taken = _take(runtime, session, entity, ident)
+    if taken is None:
         return _sqlalchemy_get(session, entity, ident, **options)
-    plan, key = eligible
+    plan, key, bind = taken
     autobegin(session)  # as executing the SELECT would
-    found = fetch(runtime, plan.label, "", key, (plan.row_tag_key,), plan.codec.schema)
-    if found is None or not (found[0].entry is not None or found[0].leased):
-        # No cache, or another reader's lease outlived the wait: the usual way, told what
-        # the fetch saw, reads the database (and counts the miss) without a second call.
-        return _sqlalchemy_get(session, entity, ident, execution_options={PREFETCHED: (key, found)})
-    fetched, lease = found
-    if fetched.entry is not None:
-        instance = answer_hit(runtime, session, plan, key, fetched.entry)
-        if instance is not None:
-            return instance
-        drop_bad_entry(runtime, plan.label, key)
-        return _sqlalchemy_get(session, entity, ident)  # fetches again, and refills
-    runtime.stats.add(plan.label, "misses")
-    try:
-        instance = _sqlalchemy_get(session, entity, ident, execution_options={HANDLED: True})
-    except BaseException:
-        forget(runtime, key)  # give the lease back: others may be waiting for it
-        raise
-    _fill_with(runtime, session, plan, key, fetched, lease, instance)
-    return instance
+
+    def load() -> Any:
+        return _sqlalchemy_get(session, entity, ident, execution_options=_HANDLED)
+
+    outcome = run(
+        runtime, read(runtime, plan, key, plan.ttl, session, bind, plan.encode_instance), load
+    )
+    if type(outcome) is Hit:
+        return instance_for(session, plan, outcome.answer)
+    if type(outcome) is Loaded:
+        return outcome.result
+    return load()
 
 
 async def aget(session: AsyncSession, entity: Any, ident: Any, **options: Any) -> Any:
-    """``AsyncSession.get`` with a hit on an async transport answered without the greenlet."""
+    """``AsyncSession.get`` with a cache hit answered first, awaiting the transport."""
     runtime = _state.runtime
-    if (
-        runtime is None
-        or any(options.values())
-        or not (runtime.driver.is_async and runtime.driver.is_atomic)
-        or runtime.pending
-    ):
+    if runtime is None or any(options.values()):
         return await _sqlalchemy_aget(session, entity, ident, **options)
     sync_session = session.sync_session
-    eligible = _eligible(runtime, sync_session, entity, ident, awaiting=True)
-    if eligible is None or eligible[0].eager_relationships or not runtime.breaker.allow():
-        return await _sqlalchemy_aget(session, entity, ident)
-    plan, key = eligible
+    taken = _take(runtime, sync_session, entity, ident)
+    if taken is None:
+        return await _sqlalchemy_aget(session, entity, ident, **options)
+    plan, key, bind = taken
     autobegin(sync_session)
-    tag_keys = (plan.row_tag_key,)
-    near = runtime.driver.near
-    if near is not None:
-        entry = near.lookup(plan.label, "", key, tag_keys, plan.codec.schema)
-        if entry is not None:
-            instance = answer_hit(runtime, sync_session, plan, key, entry)
-            if instance is not None:
-                return instance
-            return await _sqlalchemy_aget(session, entity, ident)  # drops the bad entry
-    lease = _keys.new_lease()
-    ticket = None if near is None else near.begin(key, tag_keys)
-    try:
-        fetched = await runtime.driver.transport.fetch(
-            key, tag_keys, plan.codec.schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
+
+    def load() -> Awaitable[Any]:
+        loading: Awaitable[Any] = _sqlalchemy_aget(
+            session, entity, ident, execution_options=_HANDLED
         )
-    except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
-        transport_failed(runtime, plan.label, READ_FAILED, exc)
-        return await _sqlalchemy_aget(
-            session, entity, ident, execution_options={PREFETCHED: (key, None)}
-        )
-    if near is not None:
-        near.remember(ticket, key, tag_keys, fetched)
-    runtime.breaker.record_success()
-    if fetched.entry is not None:
-        instance = answer_hit(runtime, sync_session, plan, key, fetched.entry)
-        if instance is not None:
-            return instance
-    elif fetched.leased:
-        runtime.stats.add(plan.label, "misses")
-        try:
-            instance = await _sqlalchemy_aget(
-                session, entity, ident, execution_options={HANDLED: True}
-            )
-        except Exception:
-            await greenlet_spawn(forget, runtime, key)  # give the lease back
-            raise
-        # The fill awaits the transport from sync code: it runs in SQLAlchemy's greenlet.
-        await greenlet_spawn(_fill_with, runtime, sync_session, plan, key, fetched, lease, instance)
-        return instance
-    # A bad entry (deleted by the event path), or another reader's lease (waited for there).
-    return await _sqlalchemy_aget(session, entity, ident)
+        return loading
+
+    flow = read(runtime, plan, key, plan.ttl, sync_session, bind, plan.encode_instance, None, True)
+    outcome = await arun(runtime, flow, load)
+    if type(outcome) is Hit:
+        if plan.eager_relationships:  # loading them may run SQL: sync code, in the greenlet
+            return await greenlet_spawn(instance_for, sync_session, plan, outcome.answer)
+        return instance_for(sync_session, plan, outcome.answer)
+    if type(outcome) is Loaded:
+        return outcome.result
+    return await load()
 
 
-def _fill_with(
-    runtime: Runtime,
-    session: Session,
-    plan: ModelPlan,
-    key: str,
-    fetched: Fetched,
-    lease: bytes,
-    instance: object | None,
-) -> None:
-    """After a miss that took the lease: store the instance SQLAlchemy loaded (``None``: no
-    such row, nothing stored) under the model's TTL, or give the lease back."""
-    rows = [] if instance is None else [[instance]]
-    ttl = plan.config.ttl or runtime.settings.default_ttl
-    fill_after_miss(runtime, session, plan, key, fetched, lease, rows, ttl)
-
-
-def _eligible(
-    runtime: Runtime, session: Session, entity: Any, ident: Any, awaiting: bool = False
-) -> tuple[ModelPlan, str] | None:
-    """The plan and row key when the fast path may answer; ``None`` sends the call the
-    usual way (which then counts why it bypassed the cache, if it does)."""
+def _take(
+    runtime: Runtime, session: Session, entity: Any, ident: Any
+) -> tuple[ModelPlan, str, Engine | Connection] | None:
+    """The plan, row key and bind when the fast path may take the call; ``None`` sends it
+    the usual way (which then counts why it bypassed the cache, if it does)."""
     plans = runtime.get_plans
     try:
         plan = plans[entity]
@@ -217,9 +153,7 @@ def _eligible(
         bind = session.get_bind(plan.mapper)
     except Exception:  # noqa: BLE001 - no bind (yet): SQLAlchemy's get raises its own error
         return None
-    if session_bypass(runtime, session, (plan.table_name,), bind, awaiting) is not None:
-        return None
-    return plan, key
+    return plan, key, bind
 
 
 def _plan_of(runtime: Runtime, entity: Any) -> ModelPlan | None:

@@ -10,7 +10,9 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Column
+from sqlalchemy.engine import FrozenResult
 from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement
 
 from sqlmodel_cache import _keys
@@ -48,6 +50,13 @@ class ModelPlan:
     row_tag_key: str
     data_tag_key: str
     table_prefix: str
+    #: Seconds an entry lives: the model's ``ttl``, else the configured ``default_ttl``.
+    ttl: int
+    # What the read protocol reads a row as (see ``_flow.Target``).
+    tables: tuple[str, ...]
+    tag_keys: tuple[str, ...]
+    schema: bytes
+    events: str = ""
 
     @cached_property
     def make_instance(self) -> Callable[[dict[str, Any]], object]:
@@ -88,8 +97,45 @@ class ModelPlan:
         canonical = [canon(v) for canon, v in zip(self.key_canonicalizers, pk_values, strict=False)]
         return _keys.row_key(self.table_prefix, encode_key_part(canonical))
 
+    # -- the row as the read protocol stores it -----------------------------------------
 
-def _build_plan(mapper: Mapper[Any], config: CacheConfig, prefix: str) -> ModelPlan:
+    def decode(self, key: str, body: bytes) -> dict[str, Any] | None:
+        """The attribute values stored in ``body``, or ``None`` unless they decode and are
+        the row ``key`` names (an entry copied under another key is foreign)."""
+        values = self.codec.decode(body)
+        if values is None:
+            return None
+        try:
+            own_key = self.row_key_for(tuple(values[k] for k in self.pk_attribute_keys))
+        except (Unsupported, KeyError):
+            return None
+        return values if own_key == key else None
+
+    def encode_instance(self, key: str, instance: object | None) -> bytes | str | None:
+        """What to store under ``key`` for the object a miss loaded: ``None`` when there is
+        nothing to store (no such row, or not exactly the row ``key`` names), the reason
+        when its values cannot be stored faithfully."""
+        if type(instance) is not self.mapper.class_:
+            return None
+        loaded = instance_state(instance)
+        if loaded.modified or loaded.key is None:
+            return None
+        try:
+            if self.row_key_for(loaded.key[1]) != key:
+                return None  # the database matched another spelling of the key (a collation)
+            return self.codec.encode(loaded.dict)
+        except Unsupported:
+            return "unsupported_value"
+
+    def encode_result(self, key: str, frozen: FrozenResult[Any]) -> bytes | str | None:
+        """:meth:`encode_instance` for the result of the ``SELECT`` a get ran."""
+        rows = frozen().all()
+        return self.encode_instance(key, rows[0][0]) if len(rows) == 1 else None
+
+
+def _build_plan(
+    mapper: Mapper[Any], config: CacheConfig, prefix: str, default_ttl: int
+) -> ModelPlan:
     """Raises :class:`Unsupported` with the reason a model cannot be cached."""
     if mapper.inherits is not None or mapper.polymorphic_on is not None or mapper.with_polymorphic:
         raise Unsupported("inheritance hierarchies are not cached by session.get() yet")
@@ -116,6 +162,7 @@ def _build_plan(mapper: Mapper[Any], config: CacheConfig, prefix: str) -> ModelP
         if rel.lazy in _EAGER_LOADERS or rel.lazy is False  # lazy=False means joined
     )
     table_prefix = _keys.table_part(prefix, table_name)
+    row_tag_key = _keys.row_tag_key(table_prefix)
     return ModelPlan(
         mapper=mapper,
         label=mapper.class_.__name__,
@@ -127,9 +174,13 @@ def _build_plan(mapper: Mapper[Any], config: CacheConfig, prefix: str) -> ModelP
         get_clause=clause,
         get_param_keys=param_keys,
         eager_relationships=eager,
-        row_tag_key=_keys.row_tag_key(table_prefix),
+        row_tag_key=row_tag_key,
         data_tag_key=_keys.data_tag_key(table_prefix),
         table_prefix=table_prefix,
+        ttl=config.ttl or default_ttl,
+        tables=(table_name,),
+        tag_keys=(row_tag_key,),
+        schema=codec.schema,
     )
 
 
@@ -157,7 +208,7 @@ class ModelRegistry:
         plan = None
         if config is not None:
             try:
-                plan = _build_plan(mapper, config, self._prefix)
+                plan = _build_plan(mapper, config, self._prefix, self._default_ttl)
             except Unsupported as exc:
                 logger.warning("%s is not cached by get(): %s", mapper.class_.__name__, exc)
         self._plans[mapper] = plan

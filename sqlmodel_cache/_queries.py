@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import FunctionElement, Table, TextClause, inspect
-from sqlalchemy.engine import Result
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.engine import FrozenResult, Result
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnClause
@@ -30,12 +30,12 @@ from sqlalchemy.sql.visitors import iterate
 
 from sqlmodel_cache import _keys
 from sqlmodel_cache._codec import FORMAT_VERSION, Decoder, Encoder, Unsupported, column_codec, dumps
-from sqlmodel_cache._compat import statement_cache_key
-from sqlmodel_cache._instances import hash_or_id, instances_for, result_rows, rows_result
+from sqlmodel_cache._compat import autoflush, autoflushes, statement_cache_key
+from sqlmodel_cache._flow import Hit, Loaded, read
+from sqlmodel_cache._instances import hash_or_id, instances_for, rows_result
 from sqlmodel_cache._models import ModelPlan
-from sqlmodel_cache._reads import fetch, forget, own_writes_block, read_bypass, store
+from sqlmodel_cache._reads import call_bypass, run
 from sqlmodel_cache._state import Runtime
-from sqlmodel_cache.transport._protocols import TAG_SIZE
 
 #: SQL functions whose result depends only on their arguments. Any other function (now(),
 #: random(), a user function that reads other tables) makes a statement uncacheable.
@@ -78,6 +78,75 @@ class QueryShape:
     unique_filters: tuple[Any, ...]
     schema: bytes
     ttl: int
+    events: str = "query_"
+
+    def key_for(self, params: bytes) -> str:
+        """The key of this shape's result for these parameter values."""
+        digest = hashlib.sha256(self.digest.encode("ascii") + b"\0" + params).hexdigest()
+        return _keys.query_key(self.home, digest[:48])
+
+    def decode(self, key: str, body: bytes) -> list[list[Any]] | None:
+        """The result rows stored in ``body``, entities as their attribute values (see
+        :meth:`rows_in`), or ``None`` if it does not decode."""
+        try:
+            data = orjson.loads(body)
+            if type(data) is not list:
+                return None
+            width = len(self.cells)
+            for row in data:  # each row is decoded in place: orjson made it, nothing shares it
+                if type(row) is not list or len(row) != width:
+                    return None
+                for index, cell in enumerate(self.cells):
+                    value = row[index]
+                    if value is None:
+                        continue
+                    if isinstance(cell, EntityCell):
+                        row[index] = cell.plan.codec.decode_values(value)
+                    elif cell.decoder is not None:
+                        row[index] = cell.decoder(value)
+        except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
+            return None
+        return data
+
+    def rows_in(self, session: Session, data: list[list[Any]]) -> Result[Any]:
+        """The result of decoded rows, their entities joined to ``session``."""
+        for index, cell in enumerate(self.cells):
+            if isinstance(cell, EntityCell):
+                column = instances_for(session, cell.plan, [row[index] for row in data])
+                for row, instance in zip(data, column, strict=True):
+                    row[index] = instance
+        return rows_result(self.keys, self.extras, self.unique_filters, [tuple(r) for r in data])
+
+    def encode_result(self, key: str, loaded: tuple[set[Any], FrozenResult[Any]]) -> bytes | str:
+        """The body to store for a result (``loaded``: the identities the session held
+        before the query, and the frozen result), or why it is not stored:
+        ``session_state`` when an entity may not be exactly the database's row,
+        ``unsupported_value`` for a value that cannot be stored faithfully.
+
+        NOTE: an entity the session held before this query is returned as the session's
+        object, whose attributes may predate the row just read (or hold unflushed
+        changes); such a result is not stored."""
+        known, frozen = loaded
+        encoded = []
+        try:
+            for row in frozen().all():
+                cells: list[Any] = []
+                for cell, value in zip(self.cells, row, strict=True):
+                    if value is None:
+                        cells.append(None)
+                    elif isinstance(cell, EntityCell):
+                        state = instance_state(value)
+                        if type(value) is not cell.plan.mapper.class_ or state.modified:
+                            return "session_state"
+                        if state.key in known:
+                            return "session_state"
+                        cells.append(cell.plan.codec.encode_values(state.dict))
+                    else:
+                        cells.append(cell.encoder(value))
+                encoded.append(cells)
+            return dumps(encoded)
+        except (Unsupported, ValueError):
+            return "unsupported_value"
 
 
 @dataclass(frozen=True)
@@ -206,7 +275,8 @@ def _parameter_values(state: ORMExecuteState, cache_key: Any) -> bytes | None:
 
 
 def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None:
-    """Answer a SELECT from the cache, or run it and fill the cache."""
+    """Answer a SELECT from the cache, or run it and fill the cache (``None``: SQLAlchemy
+    runs it as usual)."""
     statement = state.statement
     if not isinstance(statement, Select) or state.is_relationship_load or state.is_column_load:
         return None
@@ -216,119 +286,39 @@ def serve_select(runtime: Runtime, state: ORMExecuteState) -> Result[Any] | None
     cache_key = statement_cache_key(statement)
     if cache_key is None:
         return None
-    bind = state.session.get_bind(**state.bind_arguments)
+    session = state.session
+    bind = session.get_bind(**state.bind_arguments)
     dialect = bind.dialect
     memo_key = (dialect.name, cache_key.key)
     shape = runtime.shapes.get(memo_key)
     if shape is None:
         shape = _analyse(runtime, statement, dialect)
         runtime.shapes.put(memo_key, shape)
-    stats = runtime.stats
     if isinstance(shape, Uncacheable):
-        stats.add(shape.label, f"query_bypass:{shape.reason}")
-        return None
-    checked = read_bypass(runtime, state, shape.tables, shape.ttl, bind)
-    params = _parameter_values(state, cache_key) if isinstance(checked, int) else None
-    if isinstance(checked, str) or params is None:
-        stats.add(shape.label, f"query_bypass:{checked if isinstance(checked, str) else 'params'}")
+        runtime.stats.add(shape.label, f"query_bypass:{shape.reason}")
         return None
 
-    key_digest = hashlib.sha256(shape.digest.encode("ascii") + b"\0" + params).hexdigest()
-    key = _keys.query_key(shape.home, key_digest[:48])
-    found = fetch(runtime, shape.label, "query_", key, shape.tag_keys, shape.schema)
-    if found is None:
-        return None
-    fetched, lease = found
-
-    if fetched.entry is not None:
-        rows = _decode(runtime, state, shape, key, fetched.entry)
-        if rows is not None:
-            stats.add(shape.label, "query_hits")
-            stats.add(shape.label, "bytes_read", len(fetched.entry))
-            return rows_result(shape.keys, shape.extras, shape.unique_filters, rows)
-        stats.add(shape.label, "errors")
-        stats.warn("bad_entry", "undecodable cache entry for %s removed", shape.label)
-        forget(runtime, key)
-
-    stats.add(shape.label, "query_misses")
-    session = state.session
-    known = set(session.identity_map.keys()) if len(session.identity_map) else set()
-    frozen = state.invoke_statement().freeze()
-    if fetched.leased:
-        filled = False
-        if own_writes_block(session, shape.tables):
-            stats.add(shape.label, "fill_skipped:own_writes")
+    key = ""
+    reason = call_bypass(runtime, state)
+    if reason is None:
+        params = _parameter_values(state, cache_key)
+        if params is None:
+            reason = "params"
         else:
-            body = _encode(shape, result_rows(frozen), known)
-            if isinstance(body, str):
-                stats.add(shape.label, f"fill_skipped:{body}")
-            else:
-                header = b"".join(fetched.tags) + shape.schema
-                filled = store(runtime, shape.label, "query_", key, header, body, checked, lease)
-        if not filled:
-            forget(runtime, key)  # give the lease back: others may be waiting for it
-    return frozen()
+            key = shape.key_for(params)
+            if autoflushes(state):
+                autoflush(session)  # as the SELECT would, before the cache is consulted
 
+    def load() -> tuple[set[Any], FrozenResult[Any]]:
+        known = set(session.identity_map.keys()) if len(session.identity_map) else set()
+        return known, state.invoke_statement().freeze()
 
-def _encode(shape: QueryShape, rows: list[list[Any]], known: set[Any]) -> bytes | str:
-    """The JSON body of a result, or why it is not stored: ``session_state`` when an entity
-    may not be exactly the database's row, ``unsupported_value`` for a value we cannot store.
-
-    NOTE: an entity the session held before this query is returned as the session's object,
-    whose attributes may predate the row just read (or hold unflushed changes); such a
-    result is not stored."""
-    encoded = []
-    try:
-        for row in rows:
-            cells: list[Any] = []
-            for cell, value in zip(shape.cells, row, strict=True):
-                if value is None:
-                    cells.append(None)
-                elif isinstance(cell, EntityCell):
-                    state = instance_state(value)
-                    if type(value) is not cell.plan.mapper.class_ or state.modified:
-                        return "session_state"
-                    if state.key in known:
-                        return "session_state"
-                    cells.append(cell.plan.codec.encode_values(state.dict))
-                else:
-                    cells.append(cell.encoder(value))
-            encoded.append(cells)
-        return dumps(encoded)
-    except (Unsupported, ValueError):
-        return "unsupported_value"
-
-
-def _decode(
-    runtime: Runtime, state: ORMExecuteState, shape: QueryShape, key: str, entry: bytes
-) -> list[tuple[Any, ...]] | None:
-    """The result rows in ``entry`` (entities joined to the session), or ``None`` if corrupt."""
-    header = entry[: TAG_SIZE * len(shape.tag_keys)] + shape.schema
-    body = runtime.framing.unframe(key, header, entry)
-    if body is None:
-        return None
-    try:
-        data = orjson.loads(body)
-        if type(data) is not list:
-            return None
-        width = len(shape.cells)
-        for row in data:  # each row is decoded in place: orjson made it, nothing shares it
-            if type(row) is not list or len(row) != width:
-                return None
-            for index, cell in enumerate(shape.cells):
-                value = row[index]
-                if value is None:
-                    continue
-                if isinstance(cell, EntityCell):
-                    row[index] = cell.plan.codec.decode_values(value)  # attributes, for now
-                elif cell.decoder is not None:
-                    row[index] = cell.decoder(value)
-    except Exception:  # noqa: BLE001 - whatever a forged entry makes a decoder raise
-        return None
-    # Only a fully valid entry touches the session: objects join it after every row decoded.
-    for index, cell in enumerate(shape.cells):
-        if isinstance(cell, EntityCell):
-            column = instances_for(state.session, cell.plan, [row[index] for row in data])
-            for row, instance in zip(data, column, strict=True):
-                row[index] = instance
-    return [tuple(row) for row in data]
+    ttl = options.get("cache_ttl", shape.ttl)
+    flow = read(runtime, shape, key, ttl, session, bind, shape.encode_result, reason)
+    outcome = run(runtime, flow, load)
+    if type(outcome) is Hit:
+        return shape.rows_in(session, outcome.answer)
+    if type(outcome) is Loaded:
+        frozen: FrozenResult[Any] = outcome.result[1]
+        return frozen()
+    return None

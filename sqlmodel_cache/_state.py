@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,9 @@ class Runtime:
     #: The longest TTL this process has stored an entry with (pending invalidations last
     #: that long: every entry they would have removed has expired by then).
     max_ttl: int = 0
+
+    #: The clock lease waits are timed with (a test may pass its own).
+    clock: Callable[[], float] = time.monotonic
 
     @classmethod
     def start(cls, settings: CacheSettings) -> Runtime:

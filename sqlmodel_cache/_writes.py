@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -59,6 +60,13 @@ class Tracker:
 def tracker_of(session: Session) -> Tracker | None:
     tracker: Tracker | None = session.info.get(TRACKER_KEY)
     return tracker
+
+
+def own_writes_block(session: Session, tables: Iterable[str]) -> bool:
+    """True when this session's transaction wrote one of ``tables`` (or is flushing): a
+    read of them may see its own uncommitted writes."""
+    tracker = tracker_of(session)
+    return tracker is not None and any(tracker.blocks(table) for table in tables)
 
 
 def _tracker(session: Session) -> Tracker:
