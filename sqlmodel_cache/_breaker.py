@@ -37,6 +37,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Whether a read may try the cache now (in half-open state: only one at a time)."""
+        if self._opened_at is None:  # closed: the hot path, no lock (one attribute read)
+            return True
         with self._lock:
             if self._opened_at is None:
                 return True
@@ -46,6 +48,8 @@ class CircuitBreaker:
             return True
 
     def record_success(self) -> None:
+        if not self._failures and self._opened_at is None:
+            return  # nothing to reset (every hit says so: no lock)
         with self._lock:
             self._failures = 0
             self._opened_at = None

@@ -62,13 +62,22 @@ def in_async_session_context() -> bool:
     """True when sync code runs inside ``greenlet_spawn``, so :func:`await_only` works.
 
     That is the case for everything an ``AsyncSession`` does; it is not for a plain
-    ``Session`` used from ordinary threads.
+    ``Session`` used from ordinary threads. (Asked on every read: greenlet is imported once.)
     """
+    if _getcurrent is None:
+        return False
+    return bool(getattr(_getcurrent(), "__sqlalchemy_greenlet_provider__", False))
+
+
+def _greenlet_getcurrent() -> Callable[[], object] | None:
     try:
         from greenlet import getcurrent
-    except ImportError:  # pragma: no cover - greenlet is required for AsyncSession anyway
-        return False
-    return bool(getattr(getcurrent(), "__sqlalchemy_greenlet_provider__", False))
+    except ImportError:  # without greenlet no AsyncSession can run, so there is no greenlet
+        return None
+    return getcurrent  # type: ignore[no-any-return]
+
+
+_getcurrent = _greenlet_getcurrent()
 
 
 def get_clause(mapper: Mapper[Any]) -> tuple[ClauseElement, tuple[str, ...]]:
@@ -192,7 +201,7 @@ def _same_instances(
     return described(generic({})) == described(direct({}))
 
 
-def attach_loaded(session: Session, identities: list[Any], instances: list[Any]) -> None:
+def attach_loaded(session: Session, identities: Sequence[Any], instances: Sequence[Any]) -> None:
     """Make new ``instances`` persistent in ``session`` under ``identities``, as SQLAlchemy's
     loader puts freshly loaded rows into the identity map (``loading._instance``, with
     ``_add_unpresent`` inlined as there): no validation, no copy, no attach events. A new

@@ -49,7 +49,8 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Engine
 
@@ -73,8 +74,9 @@ MAX_POLL = 0.02
 # -- operations ---------------------------------------------------------------------------
 
 
-class Fetch(NamedTuple):
-    """``transport.fetch(*op)``; sends back the :class:`Fetched`."""
+@dataclass(slots=True)
+class Fetch:
+    """Call the transport's ``fetch`` with these arguments; sends back the :class:`Fetched`."""
 
     key: str
     tag_keys: Sequence[str]
@@ -84,8 +86,9 @@ class Fetch(NamedTuple):
     lease_ttl_ms: int
 
 
-class Fill(NamedTuple):
-    """``transport.fill(*op)``; sends back whether the entry was stored."""
+@dataclass(slots=True)
+class Fill:
+    """Call the transport's ``fill`` with these arguments; sends back whether it stored."""
 
     key: str
     value: bytes
@@ -93,13 +96,15 @@ class Fill(NamedTuple):
     lease: bytes
 
 
-class Delete(NamedTuple):
+@dataclass(slots=True)
+class Delete:
     """Delete ``key`` (best effort: a failure is ignored by the flow)."""
 
     key: str
 
 
-class Pause(NamedTuple):
+@dataclass(slots=True)
+class Pause:
     """Sleep ``seconds`` without blocking an event loop."""
 
     seconds: float
@@ -123,19 +128,22 @@ Op = Fetch | Fill | Delete | Pause | Step
 # -- outcomes -----------------------------------------------------------------------------
 
 
-class Bypassed(NamedTuple):
+@dataclass(slots=True)
+class Bypassed:
     """The cache stood aside (counted as ``bypass:<reason>``): read the database as usual."""
 
     reason: str
 
 
-class Hit(NamedTuple):
+@dataclass(slots=True)
+class Hit:
     """A valid entry: ``answer`` is what the target decoded from it."""
 
     answer: Any
 
 
-class Loaded(NamedTuple):
+@dataclass(slots=True)
+class Loaded:
     """The flow read the database: ``result`` is what ``LOAD`` returned."""
 
     result: Any
@@ -201,6 +209,7 @@ def read(
     stats = runtime.stats
     label, events = target.label, target.events
     tag_keys, schema = target.tag_keys, target.schema
+    lease_ttl_ms = runtime.lease_ttl_ms
 
     # 1. eligible?
     if bypass is None:
@@ -224,12 +233,34 @@ def read(
     lease = b""
     for _attempt in range(2):
         if entry is None:
+            # Fetch, pausing (pauses growing) while another reader holds the lease, up to
+            # lease_wait: then the read goes to the database without filling.
             lease = _keys.new_lease()
-            try:
-                fetched = yield from _fetch(runtime, target, key, lease)
-            except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
-                transport_failed(runtime, label, READ_FAILED, exc)
-                return Loaded((yield LOAD))
+            deadline: float | None = None
+            pause = FIRST_POLL
+            while True:
+                ticket = None if near is None else near.begin(key, tag_keys)
+                try:
+                    fetched = yield Fetch(
+                        key, tag_keys, schema, _keys.fresh_tag_of(lease), lease, lease_ttl_ms
+                    )
+                except Exception as exc:  # noqa: BLE001 - reads degrade: any failure is a miss
+                    transport_failed(runtime, label, READ_FAILED, exc)
+                    return Loaded((yield LOAD))
+                if near is not None:
+                    near.remember(ticket, key, tag_keys, fetched)
+                runtime.breaker.record_success()
+                if fetched.entry is not None or fetched.leased:
+                    break
+                now = runtime.clock()
+                if deadline is None:
+                    deadline = now + runtime.settings.lease_wait
+                    stats.add(label, "lease_waits")
+                if now >= deadline:
+                    stats.add(label, "lease_wait_timeouts")
+                    break
+                yield Pause(min(pause, deadline - now))
+                pause = min(pause * 2, MAX_POLL)
             entry = fetched.entry
             if entry is None:
                 break
@@ -257,36 +288,6 @@ def read(
     if not (yield from _fill(runtime, target, key, ttl, session, encode, fetched, lease, loaded)):
         yield from _delete(key)  # give the lease back: others may be waiting for it
     return Loaded(loaded)
-
-
-def _fetch(runtime: Runtime, target: Target, key: str, lease: bytes) -> Generator[Op, Any, Fetched]:
-    """The entry under ``key``, or the lease (``lease``) to fill it. While another reader
-    holds the lease, pause and fetch again, pauses growing, up to ``lease_wait`` seconds;
-    then the :class:`Fetched` has neither, and the read goes to the database without
-    filling. A transport failure is raised."""
-    near = runtime.driver.near
-    tag_keys = target.tag_keys
-    deadline: float | None = None
-    pause = FIRST_POLL
-    while True:
-        ticket = None if near is None else near.begin(key, tag_keys)
-        fetched: Fetched = yield Fetch(
-            key, tag_keys, target.schema, _keys.new_tag(), lease, runtime.lease_ttl_ms
-        )
-        if near is not None:
-            near.remember(ticket, key, tag_keys, fetched)
-        runtime.breaker.record_success()
-        if fetched.entry is not None or fetched.leased:
-            return fetched
-        now = runtime.clock()
-        if deadline is None:
-            deadline = now + runtime.settings.lease_wait
-            runtime.stats.add(target.label, "lease_waits")
-        if now >= deadline:
-            runtime.stats.add(target.label, "lease_wait_timeouts")
-            return fetched
-        yield Pause(min(pause, deadline - now))
-        pause = min(pause * 2, MAX_POLL)
 
 
 def session_bypass(

@@ -17,7 +17,12 @@ def instance_for(session: Session, plan: ModelPlan, values: dict[str, Any]) -> o
     """The session's object for this row: the one already in its identity map (unchanged, as
     a query without ``populate_existing`` would leave it), or a persistent instance built
     directly from the cached values, exactly as a load builds it (no validation, no copy)."""
-    instance = instances_for(session, plan, [values])[0]
+    identity = (plan.identity_class, plan.primary_key_of(values), None)
+    identity_map = session.identity_map
+    instance = identity_map.get(identity) if len(identity_map) else None
+    if instance is None:
+        instance = plan.make_instance(values)
+        attach_loaded(session, (identity,), (instance,))
     for key in plan.eager_relationships:
         # NOTE: eager relationships load now, as they would have with the row, so code that
         # relies on lazy="selectin" (e.g. under AsyncSession) finds them loaded.

@@ -99,9 +99,9 @@ async def arun(runtime: Runtime, flow: Flow, load: Callable[[], Awaitable[Any]])
 def _perform(runtime: Runtime, op: Op) -> Any:
     driver = runtime.driver
     if isinstance(op, Fetch):
-        return driver.fetch(*op)
+        return driver.fetch(op.key, op.tag_keys, op.schema, op.new_tag, op.lease, op.lease_ttl_ms)
     if isinstance(op, Fill):
-        return driver.fill(*op)
+        return driver.fill(op.key, op.value, op.ttl, op.lease)
     if isinstance(op, Delete):
         return driver.delete(op.key)
     if isinstance(op, Pause):
@@ -116,10 +116,13 @@ async def _aperform(runtime: Runtime, op: Op) -> Any:
     if isinstance(op, Pause):
         return await asyncio.sleep(op.seconds)
     if driver.awaitable:
+        transport = driver.transport
         if isinstance(op, Fetch):
-            return await driver.transport.fetch(*op)
+            return await transport.fetch(
+                op.key, op.tag_keys, op.schema, op.new_tag, op.lease, op.lease_ttl_ms
+            )
         if isinstance(op, Fill):
-            return await driver.transport.fill(*op)
+            return await transport.fill(op.key, op.value, op.ttl, op.lease)
         if isinstance(op, Delete):
             return await driver.adelete(op.key)
     if driver.is_async:

@@ -37,6 +37,9 @@ class Runtime:
     #: that long: every entry they would have removed has expired by then).
     max_ttl: int = 0
 
+    #: ``settings.lease_ttl`` in milliseconds, as every fetch passes it.
+    lease_ttl_ms: int = 5000
+
     #: The clock lease waits are timed with (a test may pass its own).
     clock: Callable[[], float] = time.monotonic
 
@@ -56,11 +59,8 @@ class Runtime:
             framing=Framing(settings.signing_key),
             breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_reset),
             stats=stats,
+            lease_ttl_ms=max(1, int(settings.lease_ttl * 1000)),
         )
-
-    @property
-    def lease_ttl_ms(self) -> int:
-        return max(1, int(self.settings.lease_ttl * 1000))
 
 
 #: ``None`` until configure(); the listeners read it on every event.
