@@ -8,7 +8,6 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -27,12 +26,11 @@ from sqlmodel_cache import (
     SQLModelCache,
 )
 from sqlmodel_cache.transport import (
-    Fetched,
     MemoryTransport,
     RedisAsyncTransport,
     RedisSyncTransport,
 )
-from tests.conftest import Env, _truncate_postgres
+from tests.helpers import Env, Flaky, truncate_postgres
 from tests.models import Gadget, Hero
 
 
@@ -45,44 +43,6 @@ def _name(session: Session) -> str:
     hero = session.get(Hero, 1)
     assert hero is not None
     return hero.name
-
-
-class Flaky:
-    """Fault injection: wraps a transport and raises on every call while ``failing``."""
-
-    def __init__(self, inner: MemoryTransport) -> None:
-        self.inner = inner
-        self.failing = False
-        self.calls = 0
-
-    def _check(self) -> None:
-        self.calls += 1
-        if self.failing:
-            raise ConnectionError("injected: cache unreachable")
-
-    def get(self, key: str) -> bytes | None:
-        self._check()
-        return self.inner.get(key)
-
-    def set(self, key: str, value: bytes, ttl: int) -> None:
-        self._check()
-        self.inner.set(key, value, ttl)
-
-    def delete(self, *keys: str) -> None:
-        self._check()
-        self.inner.delete(*keys)
-
-    def fetch(self, key: str, tag_keys: Sequence[str], *args: Any) -> Fetched:
-        self._check()
-        return self.inner.fetch(key, tag_keys, *args)
-
-    def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
-        self._check()
-        return self.inner.fill(key, value, ttl, lease)
-
-    def invalidate(self, delete_keys: Sequence[str], tag_keys: Sequence[str], tag: bytes) -> None:
-        self._check()
-        self.inner.invalidate(delete_keys, tag_keys, tag)
 
 
 def _reconfigure(env: Env, transport: object, **options: Any) -> None:
@@ -389,7 +349,7 @@ def test_concurrent_commit_during_a_miss_never_leaves_a_stale_entry(
     """SPEC C2 on the real read path: a reader reads the old row, a writer commits and
     invalidates before the reader fills; the reader's fill is dropped, so the next read
     sees the new value. PostgreSQL (READ COMMITTED) and Redis."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     engine = create_engine(postgres_server.sync_url)
     with Session(engine) as session:
         session.add(Hero(id=1, name="Old"))

@@ -13,7 +13,7 @@ from sqlalchemy.orm import selectinload
 from sqlmodel import Session
 
 from sqlmodel_cache import SQLModelCache
-from tests.conftest import Env
+from tests.helpers import Env
 from tests.models import (
     Album,
     Author,
