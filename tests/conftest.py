@@ -2,10 +2,11 @@
 
 ``env`` is parametrised over (sync ``Session``, ``AsyncSession``) x (memory, Redis) x
 (SQLite, PostgreSQL), plus a 3-node Redis Cluster and Redis with the near cache, on SQLite,
-for both session kinds. A test body is a plain function of a sync ``Session``; in async
-mode it runs through ``AsyncSession.run_sync`` (``Env.run`` in ``tests/helpers.py``).
-Servers are started once per test run; under ``CI=true`` a server that cannot be started
-fails the tests instead of skipping them.
+for both session kinds. A test body is a plain function of a session: in sync mode a real
+``Session``; in async mode a real ``AsyncSession`` whose methods are awaited one call at a
+time (``session.get(...)`` is ``await async_session.get(...)``), outside any greenlet, as in
+an async application (``tests/helpers.py``). Servers are started once per test run; under
+``CI=true`` a server that cannot be started fails the tests instead of skipping them.
 """
 
 from __future__ import annotations

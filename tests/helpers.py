@@ -4,6 +4,8 @@ Test modules import shared helpers from here, never from each other nor from ``c
 
 - :class:`Env` runs one test body in one configuration of the matrix (sync ``Session`` or
   ``AsyncSession`` x transport x database), and :func:`make_env` builds it.
+- :class:`EnvSession` and :class:`AwaitingSession` are what a body gets: a real sync
+  ``Session``, or a real ``AsyncSession`` whose coroutine methods are awaited one by one.
 - Transports for fault injection and counting (:class:`Flaky`, :class:`Forgetful`), a
   :class:`Clock` moved by hand, and :class:`NoClientCalls` for Redis Cluster lanes.
 - Near-cache scenes (:func:`hero_database`, :func:`write_behind_the_cache`, :func:`wait_for`).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import sqlite3
@@ -22,17 +25,21 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import redis
 import redis.asyncio
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import MissingGreenlet, StatementError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
+    AsyncSessionTransaction,
     create_async_engine,
 )
 from sqlalchemy.pool import StaticPool
@@ -54,6 +61,114 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# -- the session a test body gets ------------------------------------------------------------
+
+
+class EnvSession(Session):
+    """The sync half of the matrix: a plain SQLModel ``Session``, plus the one method of
+    :class:`AwaitingSession` a sync ``Session`` lacks."""
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(session, ...)``: what ``await AsyncSession.run_sync(fn)`` does in async mode."""
+        return fn(self, *args, **kwargs)
+
+
+#: sqlmodel's ``AsyncSession.execute`` (which its ``scalars`` and ``scalar`` call) warns at
+#: run time that ``exec()`` is preferred; its sync ``Session.execute`` says so only to type
+#: checkers. Silenced during the call alone, so that a body behaves alike in both modes.
+_EXECUTE_DEPRECATION = r"\s*\W*\s*You probably want to use `session\.exec\(\)`"
+
+
+class _Awaiting:
+    """A sync face over an asyncio object: calling one of its methods calls the real method
+    and, when that returns an awaitable, runs it to completion on ``loop``.
+
+    Attributes and sync methods are forwarded as they are. What comes back is wrapped again
+    when it is itself an asyncio object a body goes on using (a connection, a transaction).
+    Nothing runs in SQLAlchemy's greenlet except what the awaited method itself runs there,
+    so anything that would raise ``MissingGreenlet`` in an async application (a lazy load,
+    an expired attribute) raises it here too.
+    """
+
+    def __init__(self, target: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._target = target
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message=_EXECUTE_DEPRECATION, category=DeprecationWarning
+                )
+                result = attribute(*args, **kwargs)
+                if hasattr(result, "__await__"):
+                    result = self._loop.run_until_complete(result)
+            return self._wrap(result)
+
+        return call
+
+    def _wrap(self, result: Any) -> Any:
+        if isinstance(result, AsyncSessionTransaction):
+            return _AwaitingTransaction(result, self._loop)
+        if isinstance(result, AsyncConnection):
+            return _Awaiting(result, self._loop)
+        return result
+
+
+class _AwaitingTransaction(_Awaiting):
+    """``begin()`` / ``begin_nested()``: started already, as a sync ``Session``'s are; usable
+    as ``with session.begin_nested():`` (``async with`` in an async application)."""
+
+    def __enter__(self) -> _AwaitingTransaction:
+        # What ``AsyncSessionTransaction.__aenter__`` does after starting the transaction.
+        self._target.sync_transaction.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._loop.run_until_complete(self._target.__aexit__(*exc_info))
+
+
+class AwaitingSession(_Awaiting):
+    """The async half of the matrix: a real sqlmodel ``AsyncSession`` behind a sync face.
+
+    ``session.get(...)`` is ``await async_session.get(...)`` (the library's ``aget`` when it
+    is installed), ``session.exec(...)``, ``execute``, ``scalars``, ``commit``, ``flush``,
+    ``refresh``, ``delete``, ``connection()``, ``begin_nested()`` ... likewise, each awaited
+    on the env's event loop from outside any greenlet; ``add``, ``expunge``, ``info``,
+    ``new``, ``in_transaction()`` ... are the ``AsyncSession``'s own. A body that needs
+    implicit IO (a lazy load) says so as an async application must: ``session.run_sync(fn)``.
+    """
+
+    def __contains__(self, instance: object) -> bool:
+        return instance in self._target
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self._target)
+
+
+def assert_missing_greenlet(call: Callable[[], object]) -> None:
+    """Assert that ``call()`` raises what implicit IO outside SQLAlchemy's greenlet raises in
+    an async application: ``MissingGreenlet``, or the ``StatementError`` wrapping it when a
+    statement was on its way to the driver."""
+    with warnings.catch_warnings():
+        # NOTE: the driver's coroutine that the refused IO created is never awaited; its
+        # warning is collected here (gc below) rather than as an unraisable error later.
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+        try:
+            call()
+        except (MissingGreenlet, StatementError) as exc:
+            refused = isinstance(exc, MissingGreenlet) or isinstance(exc.orig, MissingGreenlet)
+            if not refused:
+                raise
+        else:
+            pytest.fail("the implicit IO was not refused (no MissingGreenlet)")
+        gc.collect()  # the exception is gone: its traceback held the driver's coroutine
+
+
 # -- one configuration of the matrix ---------------------------------------------------------
 
 
@@ -72,18 +187,24 @@ class Env:
     inspect_client: redis.Redis | redis.RedisCluster | None = None
     statements: list[str] = field(default_factory=list)
 
-    def run(self, body: Callable[[Session], T]) -> T:
-        """Run ``body`` with a fresh session of this env's kind, then close the session."""
+    def run(self, body: Callable[[EnvSession], T]) -> T:
+        """Run ``body`` with a fresh session of this env's kind, then close the session.
+
+        Sync mode passes an :class:`EnvSession`. Async mode passes an
+        :class:`AwaitingSession` over a new ``AsyncSession``: the body runs in this thread,
+        outside any greenlet and event loop, and each of its session calls is awaited for
+        real, as ``await session.get(...)`` in an async application.
+        """
         if self.mode == "sync":
-            with Session(self.engine) as session:
+            with EnvSession(self.engine) as session:
                 return body(session)
         assert self.loop is not None
         assert self.async_engine is not None
-        return self.loop.run_until_complete(self._run_async(body))
-
-    async def _run_async(self, body: Callable[[Session], T]) -> T:
-        async with AsyncSession(self.async_engine) as session:
-            return await session.run_sync(body)
+        async_session = AsyncSession(self.async_engine)
+        try:
+            return body(cast(EnvSession, AwaitingSession(async_session, self.loop)))
+        finally:
+            self.loop.run_until_complete(async_session.close())
 
     def selects(self) -> list[str]:
         """SELECT statements issued since the last :meth:`reset_sql`."""

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, insert, literal_column, text, update
 from sqlmodel import Session, col, select
 
 from sqlmodel_cache import SQLModelCache
-from tests.helpers import Env, Flaky, truncate_postgres
+from tests.helpers import Env, EnvSession, Flaky, truncate_postgres
 from tests.models import (
     Author,
     Course,
@@ -376,11 +376,12 @@ def test_many_to_many_association_table_retires_queries(env: Env) -> None:
     _write(env, name_bob)
     assert _twice(env, in_math) == ["Ann"]
 
-    def enroll(session: Session) -> None:
+    def enroll(session: EnvSession) -> None:
         course, student = session.get(Course, 1), session.get(Student, 2)
         assert course is not None
         assert student is not None
-        course.students.append(student)  # writes the enrollment table only
+        students = session.run_sync(lambda _: course.students)
+        students.append(student)  # writes the enrollment table only
 
     _write(env, enroll)
     assert env.run(in_math) == ["Ann", "Bob"]
