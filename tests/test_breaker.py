@@ -10,19 +10,8 @@ from sqlmodel import Session
 
 from sqlmodel_cache import ConfigurationError, SQLModelCache
 from sqlmodel_cache._breaker import CircuitBreaker
-from tests.conftest import Env
+from tests.helpers import Clock, Env, Flaky
 from tests.models import Hero
-from tests.test_failures import Flaky
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_breaker_opens_after_the_threshold_and_half_opens_for_one_probe() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache.cli import _demo, main
+from tests.helpers import Forgetful
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,19 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _section(out: str, start: str, end: str) -> str:
     return out[out.index(start) : out.index(end)]
-
-
-class Forgetful:
-    """A basic transport that never returns what it stored: every promised hit sends SQL."""
-
-    def get(self, key: str) -> bytes | None:
-        return None
-
-    def set(self, key: str, value: bytes, ttl: int) -> None:
-        pass
-
-    def delete(self, *keys: str) -> None:
-        pass
 
 
 def test_demo_shows_miss_hit_invalidation_and_new_value(

@@ -28,8 +28,8 @@ from sqlmodel_cache.cli._admin import decode_entry, parse_key
 from sqlmodel_cache.cli._bench import NEAR_SCENARIOS, SCENARIOS, scenarios
 from sqlmodel_cache.transport import RedisSyncTransport
 from tests import servers
+from tests.helpers import Forgetful
 from tests.models import METADATAS, Hero, Team
-from tests.test_cli import Forgetful
 
 SECRETS = ("Dive Wilson", "Tommy Sharp")
 

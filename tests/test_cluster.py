@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache.transport import RedisSyncTransport
 from tests import servers
-from tests.conftest import Env, _make_env
+from tests.helpers import Env, NoClientCalls, make_env
 from tests.models import Hero, Team
 
 pytestmark = pytest.mark.redis
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(params=["sync", "async"])
 def cluster_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    yield from _make_env(request, tmp_path, request.param, "cluster", "sqlite")
+    yield from make_env(request, tmp_path, request.param, "cluster", "sqlite")
 
 
 def _failures() -> dict[str, int]:
@@ -185,8 +185,6 @@ def test_reads_go_to_the_slots_node_on_the_transports_own_connections(
 ) -> None:
     """A single-slot script goes straight to the primary that serves the slot (the
     transport's lane), not through the cluster client."""
-    from tests.test_lanes import NoClientCalls
-
     env = cluster_env
     _seed(env)
     env.run(_hero_name)  # miss: the first command of an asyncio client reads the slot map
@@ -202,8 +200,6 @@ def test_a_slot_that_moved_is_followed_through_the_client(cluster_env: Env) -> N
     """When the client's slot map is out of date (a resharding, a failover), the node the
     lane asks answers MOVED: that call goes through the client, which follows it and
     corrects its map, and the next read takes the lane to the right node again."""
-    from tests.test_lanes import NoClientCalls
-
     env = cluster_env
     _seed(env)
     env.run(_hero_name)
@@ -229,7 +225,6 @@ def test_large_entries_are_checked_then_read_on_the_slots_node(
     the script and reads it with a GET on the same node's lane: a row, and a query over
     tables in two slots (its tags read first from their own slots)."""
     from sqlmodel_cache.transport._redis import transport as redis_transport
-    from tests.test_lanes import NoClientCalls
 
     monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)
     env = cluster_env

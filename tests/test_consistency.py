@@ -9,14 +9,14 @@ from typing import Any
 
 from sqlmodel_cache._pending import PendingInvalidations
 from tests import checker
-from tests.conftest import _truncate_postgres
+from tests.helpers import truncate_postgres
 
 
 def test_no_stale_and_no_uncommitted_reads_under_concurrency(
     postgres_server: Any, redis_server: Any
 ) -> None:
     """Zero stale reads, zero never-committed reads, and the cache served most reads."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     report = checker.run(postgres_server.sync_url, redis_server.url, seconds=3.0)
     summary = (
         f"commits={len(report.commits)} reads={len(report.reads)} "
@@ -34,7 +34,7 @@ def test_no_stale_reads_once_redis_is_back_after_a_restart(
 ) -> None:
     """Redis is stopped and restarted (empty) mid-run: no application error, never an
     uncommitted read, and no stale read once it is back."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     window: dict[str, float] = {}
 
     def restart() -> None:
@@ -60,7 +60,7 @@ def test_no_stale_reads_once_a_flaky_cache_recovers(
     delayed (writers' invalidations included): no application error, never an uncommitted
     read, and no stale read once the faults stop (failed invalidations were kept pending
     and delivered)."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     faulty = threading.Event()
     window: dict[str, float] = {}
 
@@ -91,7 +91,7 @@ def test_near_cache_in_every_process_serves_no_stale_and_no_uncommitted_reads(
     """Every process (writers and reader threads here, two reader processes) reads through
     a near cache: zero stale reads, zero never-committed reads, no application error, and
     the near caches (of this process and of the others) answered most reads."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     report = checker.run(postgres_server.sync_url, redis_server.url, seconds=3.0, near_cache=True)
     summary = report.summary()
     assert report.errors == [], summary
@@ -110,7 +110,7 @@ def test_near_cache_on_redis_cluster_serves_no_stale_and_no_uncommitted_reads(
     postgres_server: Any, redis_cluster: Any
 ) -> None:
     """The same race on a 3-primary cluster: each process tracks every primary."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     report = checker.run(
         postgres_server.sync_url, redis_cluster.url, seconds=3.0, near_cache=True, cluster=True
     )
@@ -131,7 +131,7 @@ def test_near_cache_serves_no_stale_read_when_its_tracking_connection_is_killed(
     over the whole run, zero stale reads, zero never-committed reads and no application
     error (each near cache is flushed and bypassed until it tracks again); and tracking is
     re-established: new tracking connections, and every process's L1 serves again."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     processes = 1 + 2  # this one and two reader processes: one tracking connection each
     killed: set[int] = set()
     kills: list[tuple[float, list[int]]] = []  # (when, ids killed)
@@ -192,7 +192,7 @@ def test_near_cache_on_keyspace_notifications_is_stale_only_within_its_window(
     client = redis.Redis.from_url(redis_server.url)
     client.config_set("notify-keyspace-events", "KA")
     try:
-        _truncate_postgres(postgres_server.sync_url)
+        truncate_postgres(postgres_server.sync_url)
         report = checker.run(
             postgres_server.sync_url, redis_server.url, seconds=3.0, near_cache="keyspace"
         )
@@ -211,7 +211,7 @@ def test_no_stale_and_no_uncommitted_reads_when_every_entry_is_read_as_a_large_o
 ) -> None:
     """The same race with every process reading each entry as a large one: the fetch script
     only checks it and a GET right after it returns it (two steps, not one atomic one)."""
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     report = checker.run(
         postgres_server.sync_url, redis_server.url, seconds=3.0, large_entries=True
     )

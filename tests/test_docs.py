@@ -14,37 +14,12 @@ an import fails here as it would for a reader.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 60
-
-NOT_RUN = "<!-- not-run -->"
-PYTEST = "<!-- pytest -->"
-
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")
-
-
-@dataclass(frozen=True)
-class Block:
-    """One fenced code block of a Markdown file."""
-
-    path: Path
-    line: int  # 1-based line of the opening fence
-    language: str
-    marker: str  # the stripped line before the fence
-    code: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:L{self.line}"
+from tests.helpers import NOT_RUN, ROOT, TIMEOUT, Block, parse_blocks, run_block
 
 
 def _markdown_files() -> list[Path]:
@@ -53,42 +28,6 @@ def _markdown_files() -> list[Path]:
     if readme.exists():
         files.append(readme)
     return files
-
-
-def _dedent(line: str, indent: str) -> str:
-    return line[len(indent) :] if line.startswith(indent) else line.lstrip(" \t")
-
-
-def parse_blocks(path: Path) -> list[Block]:
-    """The fenced code blocks of ``path``, in order (indented fences included)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks: list[Block] = []
-    index = 0
-    while index < len(lines):
-        opening = _FENCE.match(lines[index])
-        if opening is None:
-            index += 1
-            continue
-        indent, fence = opening["indent"], opening["fence"]
-        words = opening["info"].strip().split()
-        language = words[0].lower() if words else ""
-        marker = lines[index - 1].strip() if index > 0 else ""
-        body: list[str] = []
-        end = index + 1
-        while end < len(lines):
-            closing = _FENCE.match(lines[end])
-            if (
-                closing is not None
-                and closing["fence"][0] == fence[0]
-                and len(closing["fence"]) >= len(fence)
-                and not closing["info"].strip()
-            ):
-                break
-            body.append(_dedent(lines[end], indent))
-            end += 1
-        blocks.append(Block(path, index + 1, language, marker, "\n".join(body) + "\n"))
-        index = end + 1
-    return blocks
 
 
 def _python_blocks() -> list[Block]:
@@ -102,32 +41,6 @@ def _python_blocks() -> list[Block]:
 
 PYTHON_BLOCKS = _python_blocks()
 RUNNABLE = [block for block in PYTHON_BLOCKS if block.marker != NOT_RUN]
-
-
-def _child_env() -> dict[str, str]:
-    """The environment of an example: this checkout first on the path, no outer pytest options."""
-    env = dict(os.environ)
-    env.pop("PYTEST_ADDOPTS", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _run(block: Block, cwd: Path) -> subprocess.CompletedProcess[str]:
-    if block.marker == PYTEST:
-        module = cwd / "test_doc_example.py"
-        module.write_text(block.code, encoding="utf-8")
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", module.name]
-    else:
-        command = [sys.executable, "-c", block.code]
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=_child_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
 
 
 def test_docs_have_runnable_examples() -> None:
@@ -160,7 +73,7 @@ def test_parser_handles_markers_and_indented_fences(tmp_path: Path) -> None:
 def test_example_runs(block: Block, tmp_path: Path) -> None:
     """The example exits with status 0 in a fresh interpreter, so all its asserts hold."""
     try:
-        result = _run(block, tmp_path)
+        result = run_block(block, tmp_path)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.id}: still running after {TIMEOUT} s")
     if result.returncode != 0:

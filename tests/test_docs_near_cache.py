@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.test_docs import NOT_RUN, TIMEOUT, Block, _run, parse_blocks
+from tests.helpers import NOT_RUN, TIMEOUT, Block, parse_blocks, run_block
 
 pytestmark = pytest.mark.redis
 
@@ -80,7 +80,7 @@ def test_guide_example_runs(title: str, redis_server: servers.RedisServer, tmp_p
     prefix = f"d{uuid.uuid4().hex[:12]}"
     code = PRELUDE + pointed_at(block.code, redis_server.url, prefix)
     try:
-        result = _run(dataclasses.replace(block, code=code), tmp_path)
+        result = run_block(dataclasses.replace(block, code=code), tmp_path)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.id}: still running after {TIMEOUT} s")
     offset = PRELUDE.count("\n")
@@ -98,5 +98,5 @@ def test_cluster_example_runs(redis_cluster: servers.RedisCluster, tmp_path: Pat
     block = example("A near cache in front of Redis Cluster")
     prefix = f"d{uuid.uuid4().hex[:12]}"
     code = PRELUDE + pointed_at(block.code, redis_cluster.url, prefix)
-    result = _run(dataclasses.replace(block, code=code), tmp_path)
+    result = run_block(dataclasses.replace(block, code=code), tmp_path)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"

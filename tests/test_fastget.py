@@ -17,9 +17,8 @@ from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache._fastget import aget as fast_aget
 from sqlmodel_cache._fastget import get as fast_get
 from sqlmodel_cache.transport import MemoryTransport
-from tests.conftest import Env, _make_env
+from tests.helpers import Env, Flaky, make_env
 from tests.models import Hero
-from tests.test_failures import Flaky
 
 
 def _seed(env: Env) -> None:
@@ -203,7 +202,7 @@ class AsyncCounting:
 @pytest.fixture
 def async_env(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Env]:
     """Async sessions on SQLite over a counting async transport."""
-    for env in _make_env(request, tmp_path, "async", "memory", "sqlite"):
+    for env in make_env(request, tmp_path, "async", "memory", "sqlite"):
         env.transport = AsyncCounting()
         SQLModelCache.configure(env.transport, key_prefix=env.prefix)
         yield env

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache._compat import instance_maker
-from tests.conftest import Env
+from tests.helpers import Env
 from tests.models import NEWBORN_BIRTHS, Document, Hero, Newborn
 
 

@@ -26,28 +26,10 @@ from sqlmodel_cache import SQLModelCache
 from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
 from sqlmodel_cache.transport._redis.connections import AsyncLane, ClusterLanes, SyncLane, lane_for
 from tests import servers
+from tests.helpers import NoClientCalls, hero_database
 from tests.models import Hero
-from tests.test_near import hero_database
 
 pytestmark = pytest.mark.redis
-
-
-class NoClientCalls:
-    """Fails any command sent through the client itself: only lanes may talk."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.original = client.execute_command
-
-    def __enter__(self) -> NoClientCalls:
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            raise AssertionError(f"sent through the client: {args[:1]}")
-
-        self.client.execute_command = refuse
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.execute_command = self.original
 
 
 @pytest.fixture

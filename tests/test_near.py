@@ -9,15 +9,15 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, select
 
 from sqlmodel_cache import ConfigurationError, NearCache, SQLModelCache, _state
 from sqlmodel_cache.transport import (
@@ -30,34 +30,10 @@ from sqlmodel_cache.transport._redis.near import NearStore
 from sqlmodel_cache.transport._redis.resp import Incomplete, ProtocolError, command, parse
 from sqlmodel_cache.transport._redis.tracking import read_reply
 from tests import servers
+from tests.helpers import hero_database, wait_for, write_behind_the_cache
 from tests.models import Hero
 
 pytestmark = pytest.mark.redis
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def hero_database(path: Path) -> Engine:
-    """An engine on a new SQLite file at ``path`` holding one hero, "Spider" (id 1)."""
-    engine = create_engine(f"sqlite:///{path}")
-    SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[list-item]
-    with engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO hero (id, name, power) VALUES (1, 'Spider', 0)")
-    return engine
-
-
-def write_behind_the_cache(path: Path, client: Any, prefix: str, name: str) -> None:
-    """Another program renames the hero in the database at ``path``, and another process's
-    commit re-tags its table in Redis (``client``, under ``prefix``)."""
-    # closing(): a sqlite3 connection's own "with" commits but does not close it.
-    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
-        connection.execute("UPDATE hero SET name = ? WHERE id = 1", (name,))
-    client.set(f"{prefix}:{{hero}}:rt", os.urandom(8).hex())
 
 
 class Setup:

@@ -28,8 +28,8 @@ from sqlmodel_cache import NearCache, SQLModelCache, _state
 from sqlmodel_cache.transport import RedisAsyncTransport, RedisSyncTransport
 from sqlmodel_cache.transport._redis.near import NearStore
 from tests import servers
+from tests.helpers import hero_database, wait_for, write_behind_the_cache
 from tests.models import Hero
-from tests.test_near import hero_database, wait_for, write_behind_the_cache
 
 pytestmark = pytest.mark.redis
 

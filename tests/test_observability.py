@@ -8,7 +8,6 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from sqlmodel_cache import MissingDependencyError, NearCache, SQLModelCache, _st
 from sqlmodel_cache.integrations._families import samples
 from sqlmodel_cache.transport import MemoryTransport, RedisSyncTransport
 from tests import servers
-from tests.conftest import Env
+from tests.helpers import Env, wait_for
 from tests.models import METADATAS, Hero, Team
 
 SECRET = "s3cr3t-identity"
@@ -253,13 +252,6 @@ def test_near_cache_events_have_families_of_their_own() -> None:
     assert "events" not in grouped  # nothing of the near cache left in the catch-all
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 #: Long enough for the server's invalidation of our own fill to arrive (loopback).
 SETTLE = 0.05
 
@@ -298,7 +290,7 @@ def test_near_cache_counters_are_exported(redis_server: servers.RedisServer) -> 
             session.commit()
         near = _state.runtime.driver.near if _state.runtime is not None else None
         assert near is not None
-        _wait_for(lambda: near.tracker.live)
+        wait_for(lambda: near.tracker.live, timeout=5.0)
 
         def get(session: Session) -> None:
             assert session.get(Hero, 1) is not None
@@ -317,7 +309,9 @@ def test_near_cache_counters_are_exported(redis_server: servers.RedisServer) -> 
         # Another process's commit to the table: the server invalidates the table tag.
         [data_tag] = [k for k in client.scan_iter(f"{prefix}:*") if k.endswith(b":dt")]
         client.set(data_tag, uuid.uuid4().hex[:16])
-        _wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_invalidations", 0) >= 1)
+        wait_for(
+            lambda: SQLModelCache.stats().get("*", {}).get("l1_invalidations", 0) >= 1, timeout=5.0
+        )
         # The tracking connection is lost: the near cache is emptied.
         with Session(engine) as session:
             get(session)  # a Redis hit, kept: the near cache holds something to flush
@@ -325,7 +319,7 @@ def test_near_cache_counters_are_exported(redis_server: servers.RedisServer) -> 
         for connection in client.client_list():
             if "t" in connection["flags"]:
                 client.client_kill_filter(_id=connection["id"])
-        _wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_flushes", 0) >= 1)
+        wait_for(lambda: SQLModelCache.stats().get("*", {}).get("l1_flushes", 0) >= 1, timeout=5.0)
 
         stats = SQLModelCache.stats()
         expected = {

@@ -10,10 +10,8 @@ from sqlmodel import Session, select
 
 from sqlmodel_cache import InvalidationError, SQLModelCache
 from sqlmodel_cache._pending import PendingInvalidations
-from tests.conftest import Env
+from tests.helpers import Clock, Env, Flaky
 from tests.models import Hero, Team
-from tests.test_breaker import Clock
-from tests.test_failures import Flaky
 
 
 def _name(session: Session) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, insert, literal_column, text, update
 from sqlmodel import Session, col, select
 
 from sqlmodel_cache import SQLModelCache
-from tests.conftest import Env
+from tests.helpers import Env, EnvSession, Flaky, truncate_postgres
 from tests.models import (
     Author,
     Course,
@@ -376,11 +376,12 @@ def test_many_to_many_association_table_retires_queries(env: Env) -> None:
     _write(env, name_bob)
     assert _twice(env, in_math) == ["Ann"]
 
-    def enroll(session: Session) -> None:
+    def enroll(session: EnvSession) -> None:
         course, student = session.get(Course, 1), session.get(Student, 2)
         assert course is not None
         assert student is not None
-        course.students.append(student)  # writes the enrollment table only
+        students = session.run_sync(lambda _: course.students)
+        students.append(student)  # writes the enrollment table only
 
     _write(env, enroll)
     assert env.run(in_math) == ["Ann", "Bob"]
@@ -510,9 +511,7 @@ def test_the_same_query_in_another_process_shares_the_entry(
 ) -> None:
     """Two processes with their own engines share one entry: keys are stable across
     processes (no per-process state in them)."""
-    from tests.conftest import _truncate_postgres
-
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     prefix = f"shared{os.getpid()}"
     script = textwrap.dedent(
         f"""
@@ -575,8 +574,6 @@ def test_a_hit_is_one_transport_call_and_compiles_nothing(
     compiles SQL (the shape is memoised by SQLAlchemy's statement cache key)."""
     from sqlalchemy.sql import ClauseElement
 
-    from tests.test_failures import Flaky
-
     _seed(mem_env)
     counting = Flaky(mem_env.transport)
     SQLModelCache.configure(counting, key_prefix=mem_env.prefix)
@@ -618,9 +615,8 @@ def test_concurrent_commit_during_a_query_miss_never_leaves_a_stale_result(
     from sqlalchemy import create_engine, event
 
     from sqlmodel_cache.transport import RedisSyncTransport
-    from tests.conftest import _truncate_postgres
 
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     engine = create_engine(postgres_server.sync_url)
     with Session(engine) as session:
         session.add(Hero(id=1, name="Old", power=10))
@@ -696,8 +692,6 @@ def test_corrupt_query_entries_are_misses_and_never_touch_the_session(mem_env: E
 
 def test_query_reads_fail_open(mem_env: Env) -> None:
     """A failing transport makes a query go to the database, counted, never raised."""
-    from tests.test_failures import Flaky
-
     _seed(mem_env)
     flaky = Flaky(mem_env.transport)
     SQLModelCache.configure(flaky, key_prefix=mem_env.prefix)
