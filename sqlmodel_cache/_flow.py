@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import Connection, Engine
 
 from sqlmodel_cache import _keys
+from sqlmodel_cache._compat import in_async_session_context
 from sqlmodel_cache._writes import own_writes_block
 from sqlmodel_cache.transport._protocols import TAG_SIZE, Fetched
 
@@ -306,6 +307,10 @@ def session_bypass(
         return "own_writes"
     if runtime.pending.blocks(tables):
         return "pending_invalidation"
+    if not awaiting and bind.dialect.is_async and not in_async_session_context():
+        # An AsyncSession's session used outside SQLAlchemy's greenlet (a lazy load in async
+        # code): without the cache the read raises MissingGreenlet, so it must with it too.
+        return "outside_greenlet"
     if not awaiting and not runtime.driver.usable_here():
         runtime.stats.warn(
             "async_in_sync",

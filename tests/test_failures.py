@@ -424,13 +424,6 @@ def test_async_reads_fail_open_on_a_dead_redis(tmp_path: Any) -> None:
     assert stats["Hero"]["bypass:pending_invalidation"] >= 1
 
 
-LEASE_KEPT = pytest.mark.xfail(
-    strict=True,
-    reason="library bug: on the do_orm_execute path a SELECT that fails under the lease "
-    "leaves the lease in the cache until lease_ttl (only the get fast path gives it back)",
-)
-
-
 def _lazy_team(session: EnvSession) -> object:
     hero = session.get(Hero, 1)
     assert hero is not None
@@ -447,12 +440,7 @@ FAILING_READS: dict[str, Callable[[EnvSession], object]] = {
 
 @pytest.mark.parametrize(
     "read",
-    [
-        "get",
-        pytest.param("get_with_options", marks=LEASE_KEPT),
-        pytest.param("lazy_load", marks=LEASE_KEPT),
-        pytest.param("select", marks=LEASE_KEPT),
-    ],
+    ["get", "get_with_options", "lazy_load", "select"],
 )
 def test_a_failed_database_read_gives_the_lease_back(env: Env, read: str) -> None:
     """A reader that took the lease and whose SELECT fails gives it back at once, whatever

@@ -66,7 +66,10 @@ class Clock:
 
 @dataclass
 class Bind:
+    """An engine as the flow sees it: its execution options and its dialect."""
+
     options: dict[str, Any] = field(default_factory=dict)
+    dialect: Any = field(default_factory=lambda: SimpleNamespace(is_async=False))
 
     def get_execution_options(self) -> dict[str, Any]:
         return self.options
@@ -214,6 +217,15 @@ def test_an_async_transport_in_a_sync_session_bypasses() -> None:
     runtime = _runtime(AsyncOnly())
     assert step(_flow(runtime)) == Bypassed("async_transport_in_sync_session")
     assert isinstance(step(_flow(runtime, awaiting=True)), Fetch)  # a coroutine driver can
+
+
+def test_an_async_engine_outside_the_greenlet_bypasses() -> None:
+    """An ``AsyncSession``'s session used from plain code (a lazy load in async code) must
+    raise ``MissingGreenlet`` as it does uncached: the cache stands aside."""
+    runtime = _runtime()
+    bind = Bind(dialect=SimpleNamespace(is_async=True))
+    assert step(_flow(runtime, bind=bind)) == Bypassed("outside_greenlet")
+    assert isinstance(step(_flow(runtime, bind=bind, awaiting=True)), Fetch)
 
 
 def test_an_open_circuit_breaker_bypasses() -> None:

@@ -715,9 +715,7 @@ def test_a_hit_still_autoflushes_like_a_database_read(env: Env) -> None:
     assert env.run(pending_then_get) == (True, "Spider")
 
 
-def test_a_hit_does_not_hide_implicit_io_outside_the_greenlet(
-    env: Env, request: pytest.FixtureRequest
-) -> None:
+def test_a_hit_does_not_hide_implicit_io_outside_the_greenlet(env: Env) -> None:
     """The uncached run is the oracle: in async code, a lazy load outside SQLAlchemy's
     greenlet raises ``MissingGreenlet``; with the row cached it must raise too, or code that
     works while the cache is warm fails when it is cold (or with the cache off)."""
@@ -738,15 +736,9 @@ def test_a_hit_does_not_hide_implicit_io_outside_the_greenlet(
         assert (env.run(lazy_team(3)), env.run(lazy_team(1))) == ("Cold", "Avengers")
         return
     assert_missing_greenlet(lambda: env.run(lazy_team(3)))  # team 2 from the database
-    if env.cache == "memory":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="library bug: under an AsyncSession with a sync transport, the lazy "
-                "load outside the greenlet is answered from the cache instead of raising",
-            )
-        )
-    assert_missing_greenlet(lambda: env.run(lazy_team(1)))  # team 1 from the cache
+    assert_missing_greenlet(lambda: env.run(lazy_team(1)))  # team 1 cached: raises all the same
+    assert SQLModelCache.stats()["Team"]["bypass:outside_greenlet"] == 2
+    assert "bypass:async_transport_in_sync_session" not in SQLModelCache.stats()["Team"]
 
 
 def test_lookalike_column_select_is_not_mistaken_for_a_get(env: Env) -> None:
