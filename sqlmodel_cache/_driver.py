@@ -1,10 +1,12 @@
-"""One sync-shaped driver over every kind of transport.
+"""The transport as the core sees it: the atomic operations, one round trip each.
 
-The core never awaits. An async transport is wrapped in :class:`_AwaitingFacade`, whose
-methods run the coroutine with SQLAlchemy's ``await_only`` (valid inside ``AsyncSession``'s
-greenlet); a transport with only ``get``/``set``/``delete`` is given the atomic operations by
-:class:`_EmulatedAtomic`, with the weaker guarantee documented on it. So there is exactly one
-read path and one invalidation path for sync and async sessions.
+Sync code calls :class:`Driver`'s methods: an async transport is wrapped in
+:class:`_AwaitingFacade`, whose methods run the coroutine with SQLAlchemy's ``await_only``
+(valid inside ``AsyncSession``'s greenlet), and a transport with only
+``get``/``set``/``delete`` is given the atomic operations by :class:`_EmulatedAtomic`, with
+the weaker guarantee documented on it. A coroutine (``AsyncSession.get``'s fast path) awaits
+an async atomic transport itself (:attr:`Driver.awaitable`). So the read protocol
+(``_flow``) and the invalidation path are the same for every kind of session and transport.
 """
 
 from __future__ import annotations

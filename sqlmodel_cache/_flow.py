@@ -33,8 +33,9 @@ A read, step by step (each step counted in ``Stats`` as ``SQLModelCache.stats()`
    key), then the session's (:func:`session_bypass`: its own writes, undelivered
    invalidations, ...), then the circuit breaker. Any reason: ``Bypassed``.
 2. *The near cache*, when there is one, may hold a valid copy: a hit with no IO.
-3. *Fetch.* A valid entry decodes into a ``Hit``; one that does not decode is deleted
-   and the read goes to the database without a lease. Another reader's lease: pause,
+3. *Fetch.* A valid entry decodes into a ``Hit``; one that does not decode (corrupt,
+   forged, foreign) is counted as an error, deleted and fetched once more, which takes the
+   lease (a second bad one: read the database, no lease). Another reader's lease: pause,
    with growing pauses, up to ``lease_wait``, then read the database without filling.
    A failing cache: counted, fed to the breaker, read the database.
 4. *Miss with the lease.* ``LOAD``; if it raises (any exception, a cancellation
