@@ -247,7 +247,7 @@ class Bench:
         through it, 30 µs slower)."""
         if self.lib is None or self.mode == "peer":
             return AsyncCountingConnection
-        from sqlmodel_cache.transport import _connections
+        from sqlmodel_cache.transport._redis import connections as _connections
 
         execute = _connections.AsyncLane.execute
 
