@@ -83,9 +83,8 @@ def get(session: Session, entity: Any, ident: Any, **options: Any) -> Any:
     def load() -> Any:
         return _sqlalchemy_get(session, entity, ident, execution_options=_HANDLED)
 
-    outcome = run(
-        runtime, read(runtime, plan, key, plan.ttl, session, bind, plan.encode_instance), load
-    )
+    flow = read(runtime, plan, key, plan.ttl, session, bind, plan.encode_instance)
+    outcome = run(runtime, flow, load)
     if type(outcome) is Hit:
         return instance_for(session, plan, outcome.answer)
     if type(outcome) is Loaded:
