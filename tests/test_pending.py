@@ -3,9 +3,11 @@ process does not serve the tables it covers from the cache."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from sqlmodel_cache import InvalidationError, SQLModelCache
@@ -192,3 +194,46 @@ def test_the_backoff_doubles_up_to_its_cap_and_starts_over_after_a_delivery() ->
     pending.add({"s"}, set(), {"hero"}, ttl=300)
     pending.failed()
     next_retry_after(PendingInvalidations.FIRST_BACKOFF)
+
+
+def test_a_failed_invalidation_of_tags_only_is_kept_pending(mem_env: Env) -> None:
+    """A bulk UPDATE invalidates tags only (no row key): when that fails it is kept pending
+    like any other, so the rows it changed are never served stale."""
+    flaky = _setup(mem_env)
+
+    def bulk_rename(session: Session) -> None:
+        session.execute(update(Hero).values(name="Bulk"))
+        flaky.failing = True
+        session.commit()  # does not raise: kept pending
+        flaky.failing = False
+
+    mem_env.run(bulk_rename)
+    assert (mem_env.run(_name), mem_env.run(_names)) == ("Bulk", ["Bulk"])
+
+
+def test_while_the_breaker_is_open_commits_defer_their_invalidation(mem_env: Env) -> None:
+    """Once the cache failed enough to open the breaker, a commit before the next paced
+    retry does not call the cache (each call would cost a timeout): its keys join the
+    pending ones, and with ``raise_on_invalidation_error`` it says so."""
+    flaky = _setup(mem_env, breaker_threshold=1, raise_on_invalidation_error=True)
+
+    def rename(model: type[Hero] | type[Team], name: str) -> None:
+        def body(session: Session) -> None:
+            session.get(model, 1).name = name  # type: ignore[union-attr]
+            session.commit()
+
+        mem_env.run(body)
+
+    flaky.failing = True
+    with pytest.raises(InvalidationError, match="injected: cache unreachable"):
+        rename(Hero, "Venom")  # fails and opens the breaker
+    flaky.calls = 0
+    message = (
+        "the commit succeeded but its cache invalidation failed (InvalidationError('the cache "
+        "is failing: delivery deferred to the next retry')); it will be retried, and this "
+        "process reads the affected tables from the database meanwhile"
+    )
+    with pytest.raises(InvalidationError, match=re.escape(message)):
+        rename(Team, "B")
+    assert flaky.calls == 0
+    assert SQLModelCache.stats()["*"]["invalidation_errors"] == 2
