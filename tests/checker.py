@@ -16,14 +16,20 @@ every process reports its L1 counters, so a run shows the L1 actually served rea
 :func:`kill_tracking` cuts the L1s' tracking connections (a ``during`` hook): they must
 stop serving until tracking is back.
 
+With no Redis (``redis_url=None``, ``--memory``) the cache is this process's
+``MemoryTransport``: it is not shared with other processes, so readers are threads only,
+and the run proves the memory transport's lease and invalidation as it does Redis's.
+
 Used by ``tests/test_consistency.py`` (a short run) and runnable on its own for a long
-one: ``python -m tests.checker --seconds 60 --postgres URL --redis URL [--near-cache]``.
+one: ``python -m tests.checker --seconds 60 --postgres URL (--redis URL | --memory)
+[--near-cache]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import itertools
 import multiprocessing
 import random
@@ -181,30 +187,53 @@ class Unreliable:
         return call
 
 
+class SlowFills:
+    """Widens the race a lease guards: every fill waits up to ``max_delay`` seconds before
+    it reaches the cache, so a commit's invalidation often lands between a reader's
+    database read and its fill (which must then be refused)."""
+
+    def __init__(self, inner: Any, max_delay: float = 0.003, seed: int = 7) -> None:
+        self.inner = inner
+        self.max_delay = max_delay
+        self._random = random.Random(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def fill(self, *args: Any) -> Any:
+        time.sleep(self._random.uniform(0, self.max_delay))
+        return self.inner.fill(*args)
+
+
 def _mode(near_cache: bool | str) -> str:
     """The near cache's ``invalidation`` for ``run(near_cache=...)``: ``True`` is tracking."""
     return "tracking" if near_cache is True else str(near_cache)
 
 
 def _configure(
-    redis_url: str,
+    redis_url: str | None,
     prefix: str,
     wrap: Callable[[Any], Any] | None = None,
     near_cache: bool | str = False,
     cluster: bool = False,
     large_entries: bool = False,
 ) -> Callable[[], None]:
-    """Configure this process's cache; with ``near_cache``, also note which reads the L1
-    answers (see :func:`_read_loop`). Returns what undoes the latter. ``large_entries``:
-    the transport takes every entry for a large one (read by a check, then a GET)."""
+    """Configure this process's cache (a ``MemoryTransport`` when ``redis_url`` is
+    ``None``); with ``near_cache``, also note which reads the L1 answers (see
+    :func:`_read_loop`). Returns what undoes the latter. ``large_entries``: the transport
+    takes every entry for a large one (read by a check, then a GET)."""
     from sqlmodel_cache import NearCache, SQLModelCache
-    from sqlmodel_cache.transport import RedisSyncTransport
-    from sqlmodel_cache.transport._redis import transport as redis_transport
+    from sqlmodel_cache.transport import MemoryTransport, RedisSyncTransport
 
-    if large_entries:
-        redis_transport.LARGE_ENTRY = 1
+    transport: Any
+    if redis_url is None:
+        transport = MemoryTransport()
+    else:
+        from sqlmodel_cache.transport._redis import transport as redis_transport
 
-    transport: Any = RedisSyncTransport.from_url(redis_url, cluster=cluster)
+        if large_entries:
+            redis_transport.LARGE_ENTRY = 1
+        transport = RedisSyncTransport.from_url(redis_url, cluster=cluster)
     SQLModelCache.configure(
         transport if wrap is None else wrap(transport),
         key_prefix=prefix,
@@ -377,7 +406,7 @@ def _write_loop(database_url: str, deadline: float, report: Report, lock: thread
 
 def run(
     database_url: str,
-    redis_url: str,
+    redis_url: str | None,
     *,
     seconds: float = 3.0,
     writers: int = 2,
@@ -391,13 +420,21 @@ def run(
 ) -> Report:
     """Race writers and readers for ``seconds``. Fault injection: ``during`` runs a third of
     the way in; ``wrap`` wraps this process's transport (its writers and reader threads).
-    ``near_cache``: every process (this one and each reader process) has a near cache.
-    ``cluster``: ``redis_url`` names a node of a Redis Cluster. ``large_entries``: every
-    process reads entries as large ones (the script checks, a GET after it reads)."""
-    from sqlmodel_cache.transport._redis import transport as redis_transport
+    ``redis_url`` ``None``: the cache is this process's ``MemoryTransport``, so
+    ``reader_processes`` must be 0 (and the Redis-only options off). ``near_cache``: every
+    process (this one and each reader process) has a near cache. ``cluster``:
+    ``redis_url`` names a node of a Redis Cluster. ``large_entries``: every process reads
+    entries as large ones (the script checks, a GET after it reads)."""
+    if redis_url is None and (reader_processes or near_cache or cluster or large_entries):
+        raise ValueError(
+            "the memory transport is per process: reader threads only, and no Redis options"
+        )
+    large_entry = None
+    if redis_url is not None:
+        from sqlmodel_cache.transport._redis import transport as redis_transport
 
+        large_entry = redis_transport.LARGE_ENTRY
     prefix = f"checker{uuid.uuid4().hex[:8]}"
-    large_entry = redis_transport.LARGE_ENTRY
     unsubscribe = _configure(redis_url, prefix, wrap, near_cache, cluster, large_entries)
     try:
         return _run(
@@ -415,12 +452,13 @@ def run(
         )
     finally:
         unsubscribe()
-        redis_transport.LARGE_ENTRY = large_entry
+        if large_entry is not None:
+            redis_transport.LARGE_ENTRY = large_entry
 
 
 def _run(
     database_url: str,
-    redis_url: str,
+    redis_url: str | None,
     prefix: str,
     *,
     seconds: float,
@@ -447,26 +485,34 @@ def _run(
 
     report = Report()
     lock = threading.Lock()
-    context = multiprocessing.get_context("spawn")
-    ready = context.Barrier(reader_processes + 1)
-    with ProcessPoolExecutor(
-        reader_processes, mp_context=context, initializer=_reader_started, initargs=(ready,)
-    ) as pool:
-        remote = [
-            pool.submit(
-                _reader_process,
-                database_url,
-                redis_url,
-                prefix,
-                seconds,
-                f"reader{index}",
-                near_cache,
-                cluster,
-                large_entries,
+    with contextlib.ExitStack() as stack:
+        remote = []
+        if reader_processes:
+            context = multiprocessing.get_context("spawn")
+            ready = context.Barrier(reader_processes + 1)
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    reader_processes,
+                    mp_context=context,
+                    initializer=_reader_started,
+                    initargs=(ready,),
+                )
             )
-            for index in range(reader_processes)
-        ]
-        ready.wait(timeout=READERS_START_TIMEOUT)  # the clock starts when all processes race
+            remote = [
+                pool.submit(
+                    _reader_process,
+                    database_url,
+                    redis_url,
+                    prefix,
+                    seconds,
+                    f"reader{index}",
+                    near_cache,
+                    cluster,
+                    large_entries,
+                )
+                for index in range(reader_processes)
+            ]
+            ready.wait(timeout=READERS_START_TIMEOUT)  # the clock starts when all processes race
         deadline = time.monotonic() + seconds
         local_reads: list[list[Read]] = [[] for _ in range(reader_threads)]
         threads = [
@@ -499,7 +545,13 @@ def _run(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", required=True, help="postgresql+psycopg://... URL")
-    parser.add_argument("--redis", required=True, help="redis://... URL")
+    cache = parser.add_mutually_exclusive_group(required=True)
+    cache.add_argument("--redis", help="redis://... URL")
+    cache.add_argument(
+        "--memory",
+        action="store_true",
+        help="cache in this process's MemoryTransport (reader threads only, no processes)",
+    )
     parser.add_argument("--cluster", action="store_true", help="--redis names a cluster node")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
@@ -516,14 +568,25 @@ def main() -> int:
         action="store_true",
         help="read every entry as a large one: the script checks it, a GET after it reads it",
     )
+    parser.add_argument(
+        "--slow-fills",
+        action="store_true",
+        help="this process's fills wait up to 3 ms: commits often land before them, and the "
+        "lease must refuse them",
+    )
     args = parser.parse_args()
     report = run(
         args.postgres,
         args.redis,
         seconds=args.seconds,
+        # The memory transport is per process: five reader threads, as many readers as the
+        # three threads and two processes of a Redis run.
+        reader_threads=5 if args.memory else 3,
+        reader_processes=0 if args.memory else 2,
         near_cache=args.near_cache,
         cluster=args.cluster,
         large_entries=args.large_entries,
+        wrap=SlowFills if args.slow_fills else None,
     )
     print(report.summary())
     return 0 if not report.stale() and not report.uncommitted() else 1

@@ -111,3 +111,18 @@ def _always_reset() -> Iterator[None]:
     """No test leaks a configuration into the next one."""
     yield
     SQLModelCache.reset()
+
+
+#: The marker of each server fixture: a test using one is marked, whether it says so or not.
+_SERVER_MARKERS = {"redis_server": "redis", "redis_cluster": "redis", "postgres_server": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that requests a server fixture by name with that server's marker, so
+    that ``-m "not redis and not postgres"`` selects the tests that need no server (those
+    that take one by parameter, through ``env``, are marked by their parameters)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = _SERVER_MARKERS.get(fixture)
+            if marker is not None:
+                item.add_marker(marker)

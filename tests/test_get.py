@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import inspect, text, update
 from sqlalchemy.orm import selectinload
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from sqlmodel_cache import SQLModelCache
 from tests.helpers import Env, EnvSession, assert_missing_greenlet
@@ -750,3 +750,68 @@ def test_lookalike_column_select_is_not_mistaken_for_a_get(env: Env) -> None:
     env.run(_name_of(1))  # cached entity
     statement = select(Hero.name).where(Hero.id == bindparam("pk_1"))  # type: ignore[arg-type]
     assert env.run(lambda s: s.execute(statement, {"pk_1": 1}).scalar_one()) == "Spider"
+
+
+def _write_hero_then_end(session: Session, end: str) -> None:
+    """Write hero 1 and flush, then end the transaction without committing (``end``:
+    ``"rollback"`` or ``"close"``); the session is reused afterwards."""
+    session.get(Hero, 1).name = "Uncommitted"  # type: ignore[union-attr]
+    session.flush()
+    getattr(session, end)()
+
+
+@pytest.mark.parametrize("end", ["rollback", "close"])
+def test_a_session_reused_after_a_rollback_reads_from_the_cache_again(env: Env, end: str) -> None:
+    """Writes rolled back (or dropped by ``close()``) are forgotten with their transaction:
+    the same session's next gets and queries of that table are hits again (no SQL, no
+    ``bypass:own_writes``)."""
+    _seed(env)
+    strong = select(Hero).where(Hero.power >= 15)
+    env.run(_name_of(2))
+    env.run(lambda s: s.exec(strong).all())  # both cached
+
+    def write_end_read(session: Session) -> tuple[str, list[str]]:
+        _write_hero_then_end(session, end)
+        env.reset_sql()
+        name = session.get(Hero, 2).name  # type: ignore[union-attr]
+        names = [hero.name for hero in session.exec(strong).all()]
+        assert env.selects() == []  # both answered by the cache
+        return name, names
+
+    assert env.run(write_end_read) == ("Iron", ["Iron"])
+    stats = SQLModelCache.stats()["Hero"]
+    assert "bypass:own_writes" not in stats
+    assert "query_bypass:own_writes" not in stats
+    assert (stats["hits"], stats["query_hits"]) == (1, 1)
+
+
+@pytest.mark.parametrize("end", ["rollback", "close"])
+def test_a_session_reused_after_a_rollback_invalidates_only_what_it_commits(
+    env: Env, end: str
+) -> None:
+    """The next commit of a session reused after a rollback invalidates what that commit
+    wrote and nothing the rolled-back transaction had written: a Team update leaves the
+    cached Hero rows and Hero queries in place."""
+    _seed(env)
+    strong = select(Hero).where(Hero.power >= 15)
+    env.run(_name_of(1))
+    env.run(_name_of(2))
+    env.run(lambda s: s.exec(strong).all())
+    cached = env.cache_keys()
+    before = SQLModelCache.stats()
+
+    def write_end_commit_another_table(session: Session) -> None:
+        _write_hero_then_end(session, end)
+        session.get(Team, 1).name = "Defenders"  # type: ignore[union-attr]
+        session.commit()
+
+    env.run(write_end_commit_another_table)
+    after = SQLModelCache.stats()
+    assert after["Hero"]["invalidations"] == before["Hero"]["invalidations"]
+    assert after["Team"]["invalidations"] == before["Team"]["invalidations"] + 1
+    assert set(cached) <= set(env.cache_keys())  # every Hero entry is still there
+    env.reset_sql()
+    assert env.run(_name_of(1)) == "Spider"
+    assert env.run(_name_of(2)) == "Iron"
+    assert [hero.name for hero in env.run(lambda s: s.exec(strong).all())] == ["Iron"]
+    assert env.statements == []  # ... and still served

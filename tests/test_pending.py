@@ -3,9 +3,11 @@ process does not serve the tables it covers from the cache."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from sqlmodel_cache import InvalidationError, SQLModelCache
@@ -143,3 +145,93 @@ def test_retries_are_paced() -> None:
     pending.delivered(pending.take()[0])
     assert not pending
     assert not pending.blocks(["hero"])
+
+
+def test_every_pending_invalidation_is_delivered_not_only_the_newest(mem_env: Env) -> None:
+    """Two commits whose invalidations failed, to two tables: when the cache answers again,
+    one delivery carries the keys of both (rows and tags), so no row and no query is
+    served stale afterwards."""
+    flaky = _setup(mem_env)  # hero 1, the hero names query and team 1 are cached
+
+    def rename(model: type[Hero] | type[Team], name: str) -> None:
+        def body(session: Session) -> None:
+            session.get(model, 1).name = name  # type: ignore[union-attr]
+            flaky.failing = True
+            session.commit()  # does not raise: kept pending
+            flaky.failing = False
+
+        mem_env.run(body)
+
+    rename(Hero, "Venom")
+    rename(Team, "B")
+    time.sleep(PendingInvalidations.FIRST_BACKOFF * 2 * 2)  # the backoff doubled once
+    mem_env.run(lambda s: s.get(Team, 1))  # the retry delivers both
+    assert (mem_env.run(_name), mem_env.run(_names)) == ("Venom", ["Venom"])
+    assert mem_env.run(lambda s: s.get(Team, 1).name) == "B"  # type: ignore[union-attr]
+    assert "bypass:pending_invalidation" not in SQLModelCache.stats()["Hero"]  # delivered
+
+
+def test_the_backoff_doubles_up_to_its_cap_and_starts_over_after_a_delivery() -> None:
+    """Retries after failed deliveries wait 0.05, 0.1, 0.2 ... seconds, at most
+    ``MAX_BACKOFF``; once a delivery succeeds, the next outage starts at 0.05 again."""
+    clock = Clock()
+    pending = PendingInvalidations(clock=clock)
+
+    def next_retry_after(seconds: float) -> None:
+        start = clock.now
+        clock.now = start + seconds - 1e-6
+        assert not pending.retry_due()
+        clock.now = start + seconds + 1e-6
+        assert pending.retry_due()
+
+    pending.add({"r"}, set(), {"hero"}, ttl=300)
+    for seconds in (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0):
+        pending.failed()
+        next_retry_after(seconds)
+    pending.delivered(pending.take()[0])
+    pending.add({"s"}, set(), {"hero"}, ttl=300)
+    pending.failed()
+    next_retry_after(PendingInvalidations.FIRST_BACKOFF)
+
+
+def test_a_failed_invalidation_of_tags_only_is_kept_pending(mem_env: Env) -> None:
+    """A bulk UPDATE invalidates tags only (no row key): when that fails it is kept pending
+    like any other, so the rows it changed are never served stale."""
+    flaky = _setup(mem_env)
+
+    def bulk_rename(session: Session) -> None:
+        session.execute(update(Hero).values(name="Bulk"))
+        flaky.failing = True
+        session.commit()  # does not raise: kept pending
+        flaky.failing = False
+
+    mem_env.run(bulk_rename)
+    assert (mem_env.run(_name), mem_env.run(_names)) == ("Bulk", ["Bulk"])
+
+
+def test_while_the_breaker_is_open_commits_defer_their_invalidation(mem_env: Env) -> None:
+    """Once the cache failed enough to open the breaker, a commit before the next paced
+    retry does not call the cache (each call would cost a timeout): its keys join the
+    pending ones, and with ``raise_on_invalidation_error`` it says so."""
+    flaky = _setup(mem_env, breaker_threshold=1, raise_on_invalidation_error=True)
+
+    def rename(model: type[Hero] | type[Team], name: str) -> None:
+        def body(session: Session) -> None:
+            session.get(model, 1).name = name  # type: ignore[union-attr]
+            session.commit()
+
+        mem_env.run(body)
+
+    flaky.failing = True
+    with pytest.raises(InvalidationError, match="injected: cache unreachable"):
+        rename(Hero, "Venom")  # fails and opens the breaker
+    flaky.calls = 0
+    message = (
+        "the commit succeeded but its cache invalidation failed (InvalidationError('the cache "
+        "is failing: delivery deferred to the next retry')); it will be retried, and this "
+        "process reads the affected tables from the database meanwhile"
+    )
+    with pytest.raises(InvalidationError, match=re.escape(message)):
+        rename(Team, "B")
+    assert flaky.calls == 0
+    assert SQLModelCache.stats()["*"]["invalidation_errors"] == 2
