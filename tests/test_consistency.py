@@ -234,7 +234,7 @@ def test_memory_transport_serves_no_stale_and_no_uncommitted_reads(postgres_serv
     never-committed reads, no application error, and the cache served most reads."""
     from sqlmodel_cache import SQLModelCache
 
-    _truncate_postgres(postgres_server.sync_url)
+    truncate_postgres(postgres_server.sync_url)
     report = checker.run(
         postgres_server.sync_url,
         None,

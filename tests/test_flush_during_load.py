@@ -16,7 +16,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import Session, col, select
 
 from sqlmodel_cache import SQLModelCache
-from tests.conftest import Env
+from tests.helpers import Env
 from tests.models import Hero
 
 
@@ -34,14 +34,16 @@ def _flush_during_next_select(session: Session, change: Callable[[Session], obje
     it while the session's next ORM SELECT runs (after the cache missed, before the rows
     are read)."""
     fired: list[bool] = []
+    # Listeners go on a sync Session: an AsyncSession's is the one it drives.
+    sync_session: Session = getattr(session, "sync_session", session)
 
     def write_and_flush(state: ORMExecuteState) -> None:
         if state.is_select and not fired:
             fired.append(True)
-            change(session)
-            session.flush()
+            change(sync_session)
+            sync_session.flush()  # runs inside the SELECT, so inside the greenlet if async
 
-    event.listen(session, "do_orm_execute", write_and_flush)
+    event.listen(sync_session, "do_orm_execute", write_and_flush)
 
 
 def test_a_get_whose_load_flushed_the_row_stores_nothing(env: Env) -> None:

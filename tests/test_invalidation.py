@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from sqlmodel_cache import ConfigurationError, InvalidationError, SQLModelCache
 from sqlmodel_cache.transport import MemoryTransport, RedisAsyncTransport
-from tests.conftest import Env
+from tests.helpers import Env
 from tests.models import Hero, Membership
 
 _STRONG = select(Hero.name).where(Hero.power >= 15).order_by(col(Hero.id))

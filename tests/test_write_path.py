@@ -10,7 +10,7 @@ from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
 from sqlmodel_cache import SQLModelCache
-from tests.conftest import Env
+from tests.helpers import Env
 from tests.models import Hero, Team
 
 _STRONG = select(Hero.name).where(Hero.power >= 15).order_by(col(Hero.id))
