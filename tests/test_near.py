@@ -310,10 +310,10 @@ def test_a_failed_invalidation_flushes_the_near_cache(setup: Setup) -> None:
     setup.warm()
     transport = _state.runtime.driver.transport  # type: ignore[union-attr]
 
-    def failing(keys: Any, args: Any) -> None:
+    def failing(*args: Any) -> None:
         raise redis.ConnectionError("down")
 
-    transport._invalidate = failing
+    transport.invalidate = failing
     setup.rename("Spider-Woman")
     assert setup.near.size() == (0, 0)
     assert SQLModelCache.stats()["*"]["invalidation_errors"] == 1

@@ -63,7 +63,7 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
         monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)
     with redis_store(server.url, request.param.removesuffix("-large")) as store:
         if large:
-            store.transport._large.learn("k", Fetched(b"x", False, ()))
+            store.transport._operations.large.learn("k", Fetched(b"x", False, ()))
         yield store
 
 
@@ -190,7 +190,7 @@ def test_scripts_are_reloaded_after_script_flush(
             for _ in range(2):  # the second read of a large entry checks it, then GETs it
                 admin.script_flush()
                 assert _fetch(store, lease=b"Lother").entry == entry
-            assert ("k" in store.transport._large) is large
+            assert ("k" in store.transport._operations.large) is large
             admin.script_flush()
             store.invalidate(["k"], ["tag"], TAG_B)
             assert admin.get("k") is None
@@ -327,21 +327,16 @@ def test_a_key_seen_large_is_checked_in_the_script_and_read_by_a_get(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("kind", ["redis-sync", "redis-async"])
 def test_a_large_entry_replaced_between_its_check_and_its_get_is_fetched_again(
-    redis_server: servers.RedisServer,
+    redis_server: servers.RedisServer, kind: str
 ) -> None:
     """Fault injection: another client's write lands between the script and the GET. A
     value that does not start with the header the script checked is not returned; the
     transport fetches again with the whole script."""
     admin = redis.Redis.from_url(redis_server.url)
     admin.flushdb()
-    client = redis.Redis.from_url(redis_server.url)
-    transport = RedisSyncTransport(client)
-    store = SyncView(transport, None)
     large = TAG_A + SCHEMA + b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"
-    _fetch(store)
-    store.fill("k", large, 60, b"Lmine")
-    _fetch(store, b"Lother")  # seen large
 
     class WriteInBetween:
         """The fetch script, with another value than the checked one under the key by
@@ -349,24 +344,26 @@ def test_a_large_entry_replaced_between_its_check_and_its_get_is_fetched_again(
 
         def __init__(self, script: Any) -> None:
             self.script = script
-            self.whole_fetches = 0
 
-        def __call__(self, keys: Any, args: Any) -> Any:
-            self.whole_fetches += 1
-            return self.script(keys, args)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.script, name)
 
-        def with_get(self, keys: Any, args: Any) -> list[Any]:
-            reply, _ = self.script.with_get(keys, args)
+        def run_with_get(self, keys: Any, args: Any) -> Any:
+            reply, _ = yield from self.script.run_with_get(keys, args)
             return [reply, TAG_B + SCHEMA + b"[written in between]"]
 
-    spy = transport._fetch = WriteInBetween(transport._fetch)
-    try:
+    with redis_store(redis_server.url, kind) as store:
+        _fetch(store)
+        store.fill("k", large, 60, b"Lmine")
+        _fetch(store, b"Lother")  # seen large
+        operations = store.transport._operations
+        operations.fetch_script = WriteInBetween(operations.fetch_script)
+        admin.config_resetstat()
         hit = _fetch(store, b"Lother")
-    finally:
-        client.close()
-        admin.close()
+    scripts = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    admin.close()
     assert hit.entry == large
-    assert spy.whole_fetches == 1
+    assert scripts == 2  # the check, then the whole script
 
 
 def test_the_keys_of_large_entries_are_remembered_up_to_a_bound(
