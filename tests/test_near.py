@@ -520,6 +520,16 @@ def test_parse_errors_and_partial_input() -> None:
     assert command("PING") == b"*1\r\n$4\r\nPING\r\n"
 
 
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 70_000])
+def test_command_packs_every_kind_of_part(size: int) -> None:
+    """Text, numbers and bytes of any size, packed as RESP and read back the same."""
+    blob = b"x" * size
+    packed = command("SET", "ключ", blob, 5)
+    head = b"*4\r\n$3\r\nSET\r\n$8\r\n" + "ключ".encode() + b"\r\n"
+    assert packed == head + b"$%d\r\n%s\r\n$1\r\n5\r\n" % (size, blob)
+    assert parse(packed, 0) == ([b"SET", "ключ".encode(), blob, b"5"], len(packed))
+
+
 def test_invalidations_right_behind_the_tracking_reply_are_kept() -> None:
     import socket
 
