@@ -286,10 +286,10 @@ def test_a_failed_invalidation_flushes_the_near_cache(setup: Setup) -> None:
     setup.warm()
     transport = _state.runtime.driver.transport  # type: ignore[union-attr]
 
-    def failing(keys: Any, args: Any) -> None:
+    def failing(*args: Any) -> None:
         raise redis.ConnectionError("down")
 
-    transport._invalidate = failing
+    transport.invalidate = failing
     setup.rename("Spider-Woman")
     assert setup.near.size() == (0, 0)
     assert SQLModelCache.stats()["*"]["invalidation_errors"] == 1
@@ -494,6 +494,16 @@ def test_parse_errors_and_partial_input() -> None:
     with pytest.raises(ProtocolError):
         parse(b"?\r\n", 0)
     assert command("PING") == b"*1\r\n$4\r\nPING\r\n"
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 70_000])
+def test_command_packs_every_kind_of_part(size: int) -> None:
+    """Text, numbers and bytes of any size, packed as RESP and read back the same."""
+    blob = b"x" * size
+    packed = command("SET", "ключ", blob, 5)
+    head = b"*4\r\n$3\r\nSET\r\n$8\r\n" + "ключ".encode() + b"\r\n"
+    assert packed == head + b"$%d\r\n%s\r\n$1\r\n5\r\n" % (size, blob)
+    assert parse(packed, 0) == ([b"SET", "ключ".encode(), blob, b"5"], len(packed))
 
 
 def test_invalidations_right_behind_the_tracking_reply_are_kept() -> None:

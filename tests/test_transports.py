@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,16 +66,21 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
         monkeypatch.setattr(redis_transport, "LARGE_ENTRY", 1)
     with redis_store(server.url, request.param.removesuffix("-large")) as store:
         if large:
-            store.transport._large.learn("k", Fetched(b"x", False, ()))
+            store.transport._operations.large.learn("k", Fetched(b"x", False, ()))
         yield store
 
 
 @contextlib.contextmanager
-def redis_store(url: str, kind: str) -> Iterator[SyncView]:
+def redis_store(url: str, kind: str, cluster: bool = False) -> Iterator[SyncView]:
     """A Redis transport of ``kind`` (``redis-sync`` or ``redis-async``) on a client of
-    ``url``, driven synchronously; the client is closed after."""
+    ``url`` (a cluster client with ``cluster``), driven synchronously; the client is
+    closed after."""
     loop = None if kind == "redis-sync" else asyncio.new_event_loop()
-    client: Any = (redis.Redis if loop is None else redis.asyncio.Redis).from_url(url)
+    if cluster:
+        client_class: Any = redis.RedisCluster if loop is None else redis.asyncio.RedisCluster
+    else:
+        client_class = redis.Redis if loop is None else redis.asyncio.Redis
+    client: Any = client_class.from_url(url)
     transport = (RedisSyncTransport if loop is None else RedisAsyncTransport)(client)
     try:
         yield SyncView(transport, loop)
@@ -190,7 +198,7 @@ def test_scripts_are_reloaded_after_script_flush(
             for _ in range(2):  # the second read of a large entry checks it, then GETs it
                 admin.script_flush()
                 assert _fetch(store, lease=b"Lother").entry == entry
-            assert ("k" in store.transport._large) is large
+            assert ("k" in store.transport._operations.large) is large
             admin.script_flush()
             store.invalidate(["k"], ["tag"], TAG_B)
             assert admin.get("k") is None
@@ -327,21 +335,16 @@ def test_a_key_seen_large_is_checked_in_the_script_and_read_by_a_get(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("kind", ["redis-sync", "redis-async"])
 def test_a_large_entry_replaced_between_its_check_and_its_get_is_fetched_again(
-    redis_server: servers.RedisServer,
+    redis_server: servers.RedisServer, kind: str
 ) -> None:
     """Fault injection: another client's write lands between the script and the GET. A
     value that does not start with the header the script checked is not returned; the
     transport fetches again with the whole script."""
     admin = redis.Redis.from_url(redis_server.url)
     admin.flushdb()
-    client = redis.Redis.from_url(redis_server.url)
-    transport = RedisSyncTransport(client)
-    store = SyncView(transport, None)
     large = TAG_A + SCHEMA + b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"
-    _fetch(store)
-    store.fill("k", large, 60, b"Lmine")
-    _fetch(store, b"Lother")  # seen large
 
     class WriteInBetween:
         """The fetch script, with another value than the checked one under the key by
@@ -349,24 +352,26 @@ def test_a_large_entry_replaced_between_its_check_and_its_get_is_fetched_again(
 
         def __init__(self, script: Any) -> None:
             self.script = script
-            self.whole_fetches = 0
 
-        def __call__(self, keys: Any, args: Any) -> Any:
-            self.whole_fetches += 1
-            return self.script(keys, args)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.script, name)
 
-        def with_get(self, keys: Any, args: Any) -> list[Any]:
-            reply, _ = self.script.with_get(keys, args)
+        def run_with_get(self, keys: Any, args: Any) -> Any:
+            reply, _ = yield from self.script.run_with_get(keys, args)
             return [reply, TAG_B + SCHEMA + b"[written in between]"]
 
-    spy = transport._fetch = WriteInBetween(transport._fetch)
-    try:
+    with redis_store(redis_server.url, kind) as store:
+        _fetch(store)
+        store.fill("k", large, 60, b"Lmine")
+        _fetch(store, b"Lother")  # seen large
+        operations = store.transport._operations
+        operations.fetch_script = WriteInBetween(operations.fetch_script)
+        admin.config_resetstat()
         hit = _fetch(store, b"Lother")
-    finally:
-        client.close()
-        admin.close()
+    scripts = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    admin.close()
     assert hit.entry == large
-    assert spy.whole_fetches == 1
+    assert scripts == 2  # the check, then the whole script
 
 
 def test_the_keys_of_large_entries_are_remembered_up_to_a_bound(
@@ -413,3 +418,166 @@ def test_the_acl_the_docs_give_is_enough(redis_server: servers.RedisServer, kind
             assert admin.get("myapp:k") is None
     admin.acl_deluser("cache-user")
     admin.close()
+
+
+def _public_methods(cls: type) -> dict[str, Any]:
+    return {name: member for name, member in inspect.getmembers(cls) if not name.startswith("_")}
+
+
+def _signature(method: Any, cls: type) -> str:
+    """The method's signature, with its own class's name (``from_url`` returns one) made
+    neutral."""
+    return str(inspect.signature(method)).replace(cls.__name__, "Self")
+
+
+def test_the_sync_and_async_redis_transports_have_the_same_methods() -> None:
+    """RedisAsyncTransport has exactly RedisSyncTransport's public methods, with the same
+    signatures: each a coroutine function where the sync one is a plain function, and
+    ``from_url`` a plain class method in both."""
+    sync_methods = _public_methods(RedisSyncTransport)
+    async_methods = _public_methods(RedisAsyncTransport)
+    assert sync_methods.keys() == async_methods.keys()
+    assert {"from_url", "fetch"} <= sync_methods.keys()  # the derivation found them
+    for name, method in sync_methods.items():
+        twin = async_methods[name]
+        assert _signature(twin, RedisAsyncTransport) == _signature(method, RedisSyncTransport)
+        assert not inspect.iscoroutinefunction(method), name
+        if inspect.ismethod(method):  # bound to the class: a class method
+            assert inspect.ismethod(twin), name
+            assert not inspect.iscoroutinefunction(twin), name
+        else:
+            assert inspect.isfunction(method), name
+            assert inspect.iscoroutinefunction(twin), name
+
+
+@pytest.mark.redis
+def test_the_sync_and_async_redis_transports_have_the_same_attributes(
+    redis_server: servers.RedisServer,
+) -> None:
+    """An instance of each, made by ``from_url``, has the same public attributes."""
+    sync_transport = RedisSyncTransport.from_url(redis_server.url)
+    async_transport = RedisAsyncTransport.from_url(redis_server.url)
+    public = [
+        {name for name in vars(transport) if not name.startswith("_")}
+        for transport in (sync_transport, async_transport)
+    ]
+    assert public[0] == public[1] == {"client"}
+    assert isinstance(sync_transport.client, redis.Redis)
+    assert isinstance(async_transport.client, redis.asyncio.Redis)
+    sync_transport.client.close()
+
+
+def _parity_steps(store: SyncView, prefix: str, flush_scripts: Callable[[], None]) -> list[Any]:
+    """One sequence of every kind of operation, on keys under ``prefix`` laid out as the
+    cache lays them out (a table's keys share its ``{table}`` slot); what each returned.
+    Remaining lifetimes are counted in whole seconds, to compare across runs."""
+    row, team_row = f"{prefix}:{{hero}}:r:1", f"{prefix}:{{team}}:r:1"
+    hero_tag, team_tag = f"{prefix}:{{hero}}:t", f"{prefix}:{{team}}:t"
+    query, big = f"{prefix}:{{hero}}:q:1", f"{prefix}:{{hero}}:q:2"
+    both = [hero_tag, team_tag]
+    large_body = b"[" + b"7" * redis_transport.LARGE_ENTRY + b"]"
+    tag_c = b"2" * 16
+    seen: list[Any] = []
+
+    def note(value: Any) -> Any:
+        if isinstance(value, Fetched) and value.expires_in_ms is not None:
+            value = value._replace(expires_in_ms=math.ceil(value.expires_in_ms / 1000))
+        seen.append(value)
+        return value
+
+    def fetch(key: str, tags: list[str], lease: bytes, new_tag: bytes = TAG_A) -> Any:
+        return note(store.fetch(key, tags, SCHEMA, new_tag, lease, 5000))
+
+    plain = [f"{prefix}:plain:{n}" for n in range(3)]
+    for n, key in enumerate(plain):
+        note(store.set(key, b"value %d" % n, 60 * n + 1))
+    note([store.get(key) for key in plain])
+    note(store.delete(plain[1], plain[2], f"{prefix}:missing"))
+    note(store.delete())
+    note([store.get(key) for key in plain])
+    fetched = fetch(row, [hero_tag], b"Lfirst")  # a miss: the lease
+    fetch(row, [hero_tag], b"Lsecond")  # another reader's lease: no lease
+    note(store.fill(row, b"".join(fetched.tags) + SCHEMA + b"[1]", 60, b"Lsecond"))
+    note(store.fill(row, b"".join(fetched.tags) + SCHEMA + b"[1]", 60, b"Lfirst"))
+    fetch(row, [hero_tag], b"Lthird")  # a hit
+    fetched = fetch(query, both, b"Lquery", TAG_B)  # tags of two tables, one created
+    note(store.fill(query, b"".join(fetched.tags) + SCHEMA + b"[2]", 60, b"Lquery"))
+    fetch(query, both, b"Lother")
+    fetched = fetch(big, [hero_tag], b"Lbig")
+    note(store.fill(big, b"".join(fetched.tags) + SCHEMA + large_body, 60, b"Lbig"))
+    fetch(big, [hero_tag], b"Lother")  # read whole, then known to be large
+    fetch(big, [hero_tag], b"Lother")  # checked by the script, read by a GET
+    flush_scripts()
+    fetch(big, [hero_tag], b"Lother")  # neither the check nor the whole script is there
+    fetch(row, [hero_tag], b"Lother")
+    note(store.invalidate([row], [], tag_c))
+    fetch(row, [hero_tag], b"Lrow")  # a miss again
+    note(store.invalidate([], [team_tag], tag_c))
+    fetched = fetch(query, both, b"Lquery2")  # one of its tables moved: a miss
+    note(store.invalidate([row, team_row, query], both, tag_c))  # rows and tags, two slots
+    note(store.fill(query, b"".join(fetched.tags) + SCHEMA + b"[3]", 60, b"Lquery2"))
+    fetch(big, [hero_tag], b"Lbig2")
+    fetch(query, both, b"Lquery3")
+    note(store.invalidate([], [], tag_c))
+    note(store.get(hero_tag))
+    note(store.get(team_tag))
+    return seen
+
+
+def _contents(nodes: list[servers.RedisServer], prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` on the servers, without the prefix: its value and the
+    whole seconds it has left (-1: none)."""
+    found: dict[str, Any] = {}
+    for node in nodes:
+        client = redis.Redis.from_url(node.url)
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            left = client.pttl(key)
+            lifetime = left if left < 0 else math.ceil(left / 1000)
+            found[key.decode().removeprefix(prefix)] = (client.get(key), lifetime)
+        client.close()
+    return found
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("where", ["redis", "redis-cluster"])
+def test_the_sync_and_async_redis_transports_behave_alike(
+    request: pytest.FixtureRequest, where: str
+) -> None:
+    """The same sequence of operations (misses and leases, another reader's lease, fills,
+    hits, large entries, tags of several tables, scripts lost by the server, invalidations
+    of rows and of tags) through each transport returns the same results and leaves the
+    same keys and values, on a single server and on a cluster (where several tables' tags
+    live in several slots)."""
+    if where == "redis":
+        server: servers.RedisServer = request.getfixturevalue("redis_server")
+        nodes, url, cluster = [server], server.url, False
+    else:
+        redis_cluster: servers.RedisCluster = request.getfixturevalue("redis_cluster")
+        nodes, url, cluster = redis_cluster.nodes, redis_cluster.url, True
+
+    def flush_scripts() -> None:
+        for node in nodes:
+            client = redis.Redis.from_url(node.url)
+            client.script_flush()
+            client.close()
+
+    run = uuid.uuid4().hex[:8]
+    results, contents = {}, {}
+    for kind in ("redis-sync", "redis-async"):
+        prefix = f"parity{run}{kind}"
+        with redis_store(url, kind, cluster) as store:
+            results[kind] = _parity_steps(store, prefix, flush_scripts)
+            assert f"{prefix}:{{hero}}:q:2" in store.transport._operations.large
+        contents[kind] = _contents(nodes, prefix)
+    assert results["redis-async"] == results["redis-sync"]
+    assert contents["redis-async"] == contents["redis-sync"]
+    fetches = [value for value in results["redis-sync"] if isinstance(value, Fetched)]
+    assert [bool(fetched.entry) for fetched in fetches].count(True) == 6
+    assert [fetched.leased for fetched in fetches].count(True) == 7
+    assert sorted(contents["redis-sync"]) == [
+        ":plain:0",
+        ":{hero}:q:1",
+        ":{hero}:q:2",
+        ":{hero}:t",
+        ":{team}:t",
+    ]

@@ -382,7 +382,7 @@ def check_client(transport: Any, settings: NearCache) -> Any:
             "near_cache needs RedisSyncTransport or RedisAsyncTransport (it is invalidated by "
             f"the Redis server), got {type(transport).__name__}"
         )
-    if transport._cluster and settings.invalidation != "tracking":
+    if is_cluster(transport.client) and settings.invalidation != "tracking":
         raise ConfigurationError(
             'near_cache on Redis Cluster needs invalidation="tracking" (client tracking on '
             "every primary): keyspace notifications are not supported there"

@@ -1,8 +1,12 @@
 """Redis / Valkey transports over redis-py clients (sync and asyncio, single node or Cluster).
 
-Both classes are thin: the atomic operations are Lua scripts shipped as package files
-(``lua/*.lua``) and run with EVALSHA, so every operation is one round trip. Argument
-building and reply parsing are shared; only the call differs between the two classes.
+The atomic operations are Lua scripts shipped as package files (``lua/*.lua``) and run
+with EVALSHA, so every operation is one round trip. Each operation is written once, as a
+*flow* (see :data:`Flow`): a generator that yields the calls it needs (a script on the
+lane, a script and a GET, a pipeline) and holds all the policy around them: arguments,
+replies, the cluster split below, large entries, reloading a script the server lost,
+falling back from the lane to the client. The two classes only run the flows, one with
+:func:`drive`, which makes each call, the other with :func:`adrive`, which awaits it.
 
 A large entry (a query result) is read with the fetch script told to check it only,
 followed in the same request by a ``GET`` of it: returning a value from Lua costs the
@@ -22,10 +26,11 @@ operations run exactly as on a single node. The two that span slots are split:
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlmodel_cache._errors import ConfigurationError, MissingDependencyError
 from sqlmodel_cache.transport._protocols import Fetched
@@ -191,94 +196,207 @@ def _warn_if_unbounded(client: Any, kind: str) -> None:
         )
 
 
+T = TypeVar("T")
+
+#: One piece of IO a flow asks for: a function and its arguments. The sync driver calls it;
+#: the asyncio driver calls it and awaits what it returns.
+Call = tuple[Callable[..., Any], tuple[Any, ...]]
+
+#: An operation written once for both transports: a generator that yields the calls it
+#: needs, is sent each call's reply (or has its exception thrown in at the ``yield``), and
+#: returns the operation's result.
+Flow = Generator[Call, Any, T]
+
+
+def drive(flow: Flow[T]) -> T:
+    """Run ``flow``, making each call it asks for."""
+    try:
+        call, args = next(flow)
+        while True:
+            try:
+                reply = call(*args)
+            except Exception as exc:  # noqa: BLE001 - the flow handles it, or raises it
+                call, args = flow.throw(exc)
+            else:
+                call, args = flow.send(reply)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def adrive(flow: Flow[T]) -> T:
+    """Run ``flow``, awaiting each call it asks for."""
+    try:
+        call, args = next(flow)
+        while True:
+            try:
+                reply = await call(*args)
+            except Exception as exc:  # noqa: BLE001 - the flow handles it, or raises it
+                call, args = flow.throw(exc)
+            else:
+                call, args = flow.send(reply)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
 class _Script:
     """A script run with a bare ``EVALSHA``, on the transport's lane when the client has one
     (see ``connections``). redis-py's ``Script`` object is kept to load the script when
     the server does not have it (a new or restarted server, ``SCRIPT FLUSH``)."""
 
-    def __init__(self, client: Any, source: str, lane: Any) -> None:
+    def __init__(self, client: Any, source: str, on_lane: Callable[..., Any] | None) -> None:
         self._client = client
         self._script = client.register_script(source)
         self._no_script: type[Exception] = _import_redis().exceptions.NoScriptError
-        #: The lane's call, ``(packed, key, replies=1)``: sync or awaited, as the script is.
-        self._on_lane: Any = None if lane is None else self._lane_call(lane)
-
-    @staticmethod
-    def _lane_call(lane: Any) -> Any:
-        return lane.execute
+        #: The lane's call, ``(packed, key, replies=1)``, or ``None`` without a lane.
+        self._on_lane = on_lane
 
     def _arguments(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
-    def _with_get(self, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
-        """The script's command and a GET of its first key after it, packed together."""
-        return command(*self._arguments(keys, args)) + command("GET", keys[0])
-
-
-class _SyncScript(_Script):
-    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> Call:
+        """The first try: the script on the lane, or through the client without one."""
         arguments = self._arguments(keys, args)
-        try:
-            if self._on_lane is not None:
-                try:
-                    return self._on_lane(command(*arguments), keys[0])
-                except Rerouted:
-                    pass  # a cluster's layout changed: the client finds the way
-            return self._client.execute_command(*arguments)
-        except self._no_script:
-            return self._script(keys=keys, args=args)
+        if self._on_lane is None:
+            return self._client.execute_command, arguments
+        return self._on_lane, (command(*arguments), keys[0])
 
-    def with_get(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any] | None:
+    def recover(self, failure: Exception, keys: Sequence[Any], args: Sequence[Any]) -> Flow[Any]:
+        """The script's reply after :meth:`call` failed with ``failure``: when the lane
+        could not serve it (a cluster's layout changed), through the client, which finds
+        the way; when the server lacks the script, after sending it. Any other failure is
+        raised again."""
+        if isinstance(failure, Rerouted):
+            try:
+                return (yield self._client.execute_command, self._arguments(keys, args))
+            except self._no_script:
+                pass
+        elif not isinstance(failure, self._no_script):
+            raise failure
+        return (yield self._script, (keys, args))
+
+    def run(self, keys: Sequence[Any], args: Sequence[Any]) -> Flow[Any]:
+        """The script's reply."""
+        try:
+            return (yield self.call(keys, args))
+        except Exception as failure:  # noqa: BLE001 - recover() raises what it cannot handle
+            return (yield from self.recover(failure, keys, args))
+
+    def run_with_get(self, keys: Sequence[Any], args: Sequence[Any]) -> Flow[list[Any] | None]:
         """The script's reply and the value of ``keys[0]`` read right after it, in one
         round trip on the lane; ``None`` when that cannot be done (no lane, a cluster
-        redirection, a server without the script): then call the script alone."""
+        redirection, a server without the script): then run the script alone."""
         if self._on_lane is None:
             return None
+        packed = command(*self._arguments(keys, args)) + command("GET", keys[0])
         try:
-            replies: list[Any] = self._on_lane(self._with_get(keys, args), keys[0], 2)
+            replies: list[Any] = yield self._on_lane, (packed, keys[0], 2)
         except (Rerouted, self._no_script):
             return None
         return replies
 
 
-class _AsyncScript(_Script):
-    @staticmethod
-    def _lane_call(lane: Any) -> Any:
-        # Cluster lanes serve sync and asyncio clients: their awaited call is aexecute().
-        return lane.aexecute if isinstance(lane, ClusterLanes) else lane.execute
+def _client_from_url(
+    module_name: str, url: str, timeout: float, cluster: bool, options: dict[str, Any]
+) -> Any:
+    """``from_url`` of redis-py's client (or cluster client) in ``module_name``."""
+    _import_redis()
+    module = importlib.import_module(module_name)
+    client_class = module.RedisCluster if cluster else module.Redis
+    return client_class.from_url(url, **_bounded(options, timeout))
 
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        arguments = self._arguments(keys, args)
+
+class _Operations:
+    """The operations of both transports, each a flow (see :data:`Flow`): everything but
+    the IO, which the transport's driver does.
+
+    Args:
+        client: the transport's redis-py client, checked here.
+        kind: the transport's class name, for messages.
+        lane_call: what makes the transport's call on a lane (the lane's sync or awaited
+            ``execute``).
+    """
+
+    def __init__(
+        self, client: Any, kind: str, lane_call: Callable[[Any], Callable[..., Any]]
+    ) -> None:
+        _check_client(client, kind)
+        _warn_if_unbounded(client, kind)
+        self.client = client
+        lane = lane_for(client)
+        on_lane = None if lane is None else lane_call(lane)
+        self.fetch_script, self.fill_script, self.invalidate_script = (
+            _Script(client, _script_source(f"{name}.lua"), on_lane) for name in _SCRIPTS
+        )
+        self.cluster = is_cluster(client)
+        self.large = _LargeEntries()
+
+    def get(self, key: str) -> Flow[bytes | None]:
+        value = yield self.client.get, (key,)
+        return None if value is None else bytes(value)
+
+    def set(self, key: str, value: bytes, ttl: int) -> Flow[None]:
+        yield self.client.set, (key, value, ttl)  # set(name, value, ex)
+
+    def delete(self, keys: Sequence[str]) -> Flow[None]:
+        if keys:
+            yield self.client.delete, tuple(keys)
+
+    def fetch(
+        self,
+        key: str,
+        tag_keys: Sequence[str],
+        schema: bytes,
+        new_tag: bytes,
+        lease: bytes,
+        lease_ttl_ms: int,
+    ) -> Flow[Fetched]:
+        args: list[Any] = [schema, new_tag, lease, lease_ttl_ms, _WHOLE]
+        if self.cluster and not _one_slot(key, tag_keys):
+            pipe = self.client.pipeline(transaction=False)
+            _queue_tag_reads(pipe, tag_keys, new_tag)
+            args += _tag_values((yield pipe.execute, ()), new_tag)
+            tag_keys = ()
+        keys = [key, *tag_keys]
+        if key in self.large:
+            peek = [*args[:4], _PEEK, *args[5:]]
+            replies = yield from self.fetch_script.run_with_get(keys, peek)
+            fetched = None if replies is None else _parse_peeked(replies)
+            if fetched is not None:
+                return self.large.learn(key, fetched)
+        # NOTE: the script's run() written out, so that a hit (the hot path) costs one
+        # generator, not two.
         try:
-            if self._on_lane is not None:
-                try:
-                    return await self._on_lane(command(*arguments), keys[0])
-                except Rerouted:
-                    pass  # a cluster's layout changed: the client finds the way
-            return await self._client.execute_command(*arguments)
-        except self._no_script:
-            return await self._script(keys=keys, args=args)
+            reply = yield self.fetch_script.call(keys, args)
+        except Exception as failure:  # noqa: BLE001 - recover() raises what it cannot handle
+            reply = yield from self.fetch_script.recover(failure, keys, args)
+        return self.large.learn(key, _parse_fetch(reply))
 
-    async def with_get(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any] | None:
-        """As :meth:`_SyncScript.with_get`, awaited."""
-        if self._on_lane is None:
-            return None
-        try:
-            replies: list[Any] = await self._on_lane(self._with_get(keys, args), keys[0], 2)
-        except (Rerouted, self._no_script):
-            return None
-        return replies
+    def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> Flow[bool]:
+        return bool((yield from self.fill_script.run([key], [lease, value, ttl])))
+
+    def invalidate(
+        self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
+    ) -> Flow[None]:
+        keys = [*delete_keys, *tag_keys]
+        if not keys:
+            return
+        if self.cluster and not _one_slot(keys[0], keys):
+            pipe = self.client.pipeline(transaction=False)
+            _queue_invalidation(pipe, delete_keys, tag_keys, new_tag)
+            yield pipe.execute, ()
+        else:
+            yield from self.invalidate_script.run(keys, [len(delete_keys), new_tag])
 
 
-def _scripts_for(client: Any, kind: str, script: type[_Script]) -> tuple[Any, Any, Any]:
-    """Check ``client`` for a transport of ``kind`` and register the scripts on it."""
-    _check_client(client, kind)
-    _warn_if_unbounded(client, kind)
-    lane = lane_for(client)
-    fetch, fill, invalidate = (
-        script(client, _script_source(f"{name}.lua"), lane) for name in _SCRIPTS
-    )
-    return fetch, fill, invalidate
+def _sync_lane_call(lane: Any) -> Callable[..., Any]:
+    return lane.execute  # type: ignore[no-any-return]
+
+
+def _async_lane_call(lane: Any) -> Callable[..., Any]:
+    # Cluster lanes serve sync and asyncio clients: their awaited call is aexecute().
+    return lane.aexecute if isinstance(lane, ClusterLanes) else lane.execute
 
 
 class RedisSyncTransport:
@@ -303,28 +421,20 @@ class RedisSyncTransport:
             cluster: build a Redis Cluster client (the URL names any one node).
             **options: passed to redis-py's ``from_url``.
         """
-        redis = _import_redis()
-        client_class = redis.RedisCluster if cluster else redis.Redis
-        return cls(client_class.from_url(url, **_bounded(options, timeout)))
+        return cls(_client_from_url("redis", url, timeout, cluster, options))
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._fetch, self._fill, self._invalidate = _scripts_for(
-            client, "RedisSyncTransport", _SyncScript
-        )
-        self._cluster = is_cluster(client)
-        self._large = _LargeEntries()
+        self._operations = _Operations(client, "RedisSyncTransport", _sync_lane_call)
 
     def get(self, key: str) -> bytes | None:
-        value = self.client.get(key)
-        return None if value is None else bytes(value)
+        return drive(self._operations.get(key))
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
-        self.client.set(key, value, ex=ttl)
+        drive(self._operations.set(key, value, ttl))
 
     def delete(self, *keys: str) -> None:
-        if keys:
-            self.client.delete(*keys)
+        drive(self._operations.delete(keys))
 
     def fetch(
         self,
@@ -335,35 +445,15 @@ class RedisSyncTransport:
         lease: bytes,
         lease_ttl_ms: int,
     ) -> Fetched:
-        args: list[Any] = [schema, new_tag, lease, lease_ttl_ms, _WHOLE]
-        if self._cluster and not _one_slot(key, tag_keys):
-            pipe = self.client.pipeline(transaction=False)
-            _queue_tag_reads(pipe, tag_keys, new_tag)
-            args += _tag_values(pipe.execute(), new_tag)
-            tag_keys = ()
-        keys = [key, *tag_keys]
-        if key in self._large:
-            replies = self._fetch.with_get(keys, [*args[:4], _PEEK, *args[5:]])
-            fetched = None if replies is None else _parse_peeked(replies)
-            if fetched is not None:
-                return self._large.learn(key, fetched)
-        return self._large.learn(key, _parse_fetch(self._fetch(keys, args)))
+        return drive(self._operations.fetch(key, tag_keys, schema, new_tag, lease, lease_ttl_ms))
 
     def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
-        return bool(self._fill([key], [lease, value, ttl]))
+        return drive(self._operations.fill(key, value, ttl, lease))
 
     def invalidate(
         self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
     ) -> None:
-        keys = [*delete_keys, *tag_keys]
-        if not keys:
-            return
-        if self._cluster and not _one_slot(keys[0], keys):
-            pipe = self.client.pipeline(transaction=False)
-            _queue_invalidation(pipe, delete_keys, tag_keys, new_tag)
-            pipe.execute()
-        else:
-            self._invalidate(keys, [len(delete_keys), new_tag])
+        drive(self._operations.invalidate(delete_keys, tag_keys, new_tag))
 
 
 class RedisAsyncTransport:
@@ -390,30 +480,20 @@ class RedisAsyncTransport:
             cluster: build a Redis Cluster client (the URL names any one node).
             **options: passed to redis-py's ``from_url``.
         """
-        _import_redis()
-        import redis.asyncio
-
-        client_class = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
-        return cls(client_class.from_url(url, **_bounded(options, timeout)))
+        return cls(_client_from_url("redis.asyncio", url, timeout, cluster, options))
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._fetch, self._fill, self._invalidate = _scripts_for(
-            client, "RedisAsyncTransport", _AsyncScript
-        )
-        self._cluster = is_cluster(client)
-        self._large = _LargeEntries()
+        self._operations = _Operations(client, "RedisAsyncTransport", _async_lane_call)
 
     async def get(self, key: str) -> bytes | None:
-        value = await self.client.get(key)
-        return None if value is None else bytes(value)
+        return await adrive(self._operations.get(key))
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
-        await self.client.set(key, value, ex=ttl)
+        await adrive(self._operations.set(key, value, ttl))
 
     async def delete(self, *keys: str) -> None:
-        if keys:
-            await self.client.delete(*keys)
+        await adrive(self._operations.delete(keys))
 
     async def fetch(
         self,
@@ -424,32 +504,14 @@ class RedisAsyncTransport:
         lease: bytes,
         lease_ttl_ms: int,
     ) -> Fetched:
-        args: list[Any] = [schema, new_tag, lease, lease_ttl_ms, _WHOLE]
-        if self._cluster and not _one_slot(key, tag_keys):
-            pipe = self.client.pipeline(transaction=False)
-            _queue_tag_reads(pipe, tag_keys, new_tag)
-            args += _tag_values(await pipe.execute(), new_tag)
-            tag_keys = ()
-        keys = [key, *tag_keys]
-        if key in self._large:
-            replies = await self._fetch.with_get(keys, [*args[:4], _PEEK, *args[5:]])
-            fetched = None if replies is None else _parse_peeked(replies)
-            if fetched is not None:
-                return self._large.learn(key, fetched)
-        return self._large.learn(key, _parse_fetch(await self._fetch(keys, args)))
+        return await adrive(
+            self._operations.fetch(key, tag_keys, schema, new_tag, lease, lease_ttl_ms)
+        )
 
     async def fill(self, key: str, value: bytes, ttl: int, lease: bytes) -> bool:
-        return bool(await self._fill([key], [lease, value, ttl]))
+        return await adrive(self._operations.fill(key, value, ttl, lease))
 
     async def invalidate(
         self, delete_keys: Sequence[str], tag_keys: Sequence[str], new_tag: bytes
     ) -> None:
-        keys = [*delete_keys, *tag_keys]
-        if not keys:
-            return
-        if self._cluster and not _one_slot(keys[0], keys):
-            pipe = self.client.pipeline(transaction=False)
-            _queue_invalidation(pipe, delete_keys, tag_keys, new_tag)
-            await pipe.execute()
-        else:
-            await self._invalidate(keys, [len(delete_keys), new_tag])
+        await adrive(self._operations.invalidate(delete_keys, tag_keys, new_tag))
